@@ -1,0 +1,213 @@
+//! Command-line pieces shared by both binaries: registry flags, logging flags,
+//! and turning them into a validated configuration.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use clap::{Args, ValueEnum};
+
+use crate::auth::{Credentials, DockerConfig};
+use crate::copy::{CopyOptions, Engine};
+use crate::registries::Registries;
+use crate::settings::Settings;
+
+/// How registries are reached and authenticated.
+#[derive(Debug, Clone, Args)]
+pub struct RegistryArgs {
+    /// Registry settings file (YAML): endpoints, TLS, credentials, limits per registry.
+    #[arg(long, env = "MIRRORFLEET_REGISTRIES", value_name = "FILE")]
+    pub registries: Option<PathBuf>,
+
+    /// Use plain HTTP for this registry (HOST[:PORT]); repeat or comma-separate.
+    /// Nothing is plain HTTP unless named, not even localhost.
+    #[arg(
+        long = "plain-http",
+        env = "MIRRORFLEET_PLAIN_HTTP",
+        value_name = "HOST[:PORT]",
+        value_delimiter = ','
+    )]
+    pub plain_http: Vec<String>,
+
+    /// Credentials for the source registry. Prefer the environment variable:
+    /// command lines are visible to other users of the machine.
+    #[arg(
+        long,
+        env = "MIRRORFLEET_SRC_CREDS",
+        value_name = "USER:PASS",
+        hide_env_values = true
+    )]
+    pub src_creds: Option<String>,
+
+    /// Credentials for the destination registries (see --src-creds).
+    #[arg(
+        long,
+        env = "MIRRORFLEET_DEST_CREDS",
+        value_name = "USER:PASS",
+        hide_env_values = true
+    )]
+    pub dest_creds: Option<String>,
+
+    /// Docker config.json with `auths`, `credHelpers` and `credsStore`
+    /// [default: $REGISTRY_AUTH_FILE, $DOCKER_CONFIG/config.json, ~/.docker/config.json]
+    #[arg(long, env = "MIRRORFLEET_AUTHFILE", value_name = "FILE")]
+    pub authfile: Option<PathBuf>,
+
+    /// Refuse to replace a destination tag that points at a different digest.
+    #[arg(long, env = "MIRRORFLEET_NO_OVERWRITE")]
+    pub no_overwrite: bool,
+
+    /// Blob transfers in flight at once.
+    #[arg(long, env = "MIRRORFLEET_CONCURRENCY", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub concurrency: u16,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("--src-creds: {0}")]
+    SrcCreds(crate::auth::AuthError),
+    #[error("--dest-creds: {0}")]
+    DestCreds(crate::auth::AuthError),
+    #[error(transparent)]
+    Settings(#[from] crate::settings::SettingsError),
+    #[error(transparent)]
+    DockerConfig(#[from] crate::auth::AuthError),
+}
+
+impl RegistryArgs {
+    /// Validate the flags and build the copy engine they describe.
+    pub fn engine(&self) -> Result<Engine, ConfigError> {
+        let mut settings = match &self.registries {
+            Some(p) => Settings::load(p)?,
+            None => Settings::default(),
+        };
+        for host in &self.plain_http {
+            let host = host.trim();
+            if !host.is_empty() {
+                settings.mark_plain_http(host);
+            }
+        }
+        let parse = |s: &Option<String>| s.as_deref().map(Credentials::from_user_pass).transpose();
+        let src = parse(&self.src_creds).map_err(ConfigError::SrcCreds)?;
+        let dest = parse(&self.dest_creds).map_err(ConfigError::DestCreds)?;
+        let docker = match self.authfile.clone().or_else(DockerConfig::default_path) {
+            Some(p) => DockerConfig::load(&p)?,
+            None => DockerConfig::default(),
+        };
+        let registries = Arc::new(Registries::new(settings, docker, src, dest));
+        Ok(Engine::new(
+            registries,
+            CopyOptions {
+                overwrite: !self.no_overwrite,
+                blob_concurrency: usize::from(self.concurrency),
+                ..CopyOptions::default()
+            },
+        ))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines on stderr.
+    Text,
+    /// One JSON object per line on stderr (for CloudWatch Logs).
+    Json,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct LogArgs {
+    /// Log line format.
+    #[arg(long, env = "MIRRORFLEET_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// Log filter, e.g. `info` or `mirrorfleet_common=debug` (RUST_LOG also works).
+    #[arg(long, env = "MIRRORFLEET_LOG", default_value = "info")]
+    pub log_level: String,
+}
+
+impl LogArgs {
+    /// Install the global subscriber. Logs go to stderr; stdout is for results.
+    pub fn init(&self) {
+        let filter = std::env::var("RUST_LOG")
+            .ok()
+            .and_then(|f| tracing_subscriber::EnvFilter::try_new(f).ok())
+            .or_else(|| tracing_subscriber::EnvFilter::try_new(&self.log_level).ok())
+            .unwrap_or_else(|| tracing_subscriber::EnvFilter::new("info"));
+        let builder = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr);
+        let _ = match self.log_format {
+            LogFormat::Text => builder.try_init(),
+            LogFormat::Json => builder
+                .json()
+                .flatten_event(true)
+                .with_current_span(false)
+                .try_init(),
+        };
+    }
+}
+
+/// Output for results on stdout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    Text,
+    Json,
+}
+
+/// Human-readable byte counts (`12.3 MB`).
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1000.0 && u < UNITS.len() - 1 {
+        v /= 1000.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+/// Lay out rows as an aligned text table with a header.
+pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            if i < widths.len() {
+                widths[i] = widths[i].max(c.chars().count());
+            }
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let mut s = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                s.push_str(c);
+            } else {
+                s.push_str(&format!("{c:<w$}  ", w = widths[i]));
+            }
+        }
+        s.trim_end().to_string()
+    };
+    let mut out = line(header.to_vec());
+    out.push('\n');
+    for r in rows {
+        out.push_str(&line(r.iter().map(String::as_str).collect()));
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bytes_and_tables() {
+        assert_eq!(human_bytes(999), "999 B");
+        assert_eq!(human_bytes(12_345_678), "12.3 MB");
+        let t = table(&["A", "BB"], &[vec!["xxx".into(), "y".into()]]);
+        assert_eq!(t, "A    BB\nxxx  y\n");
+    }
+}

@@ -1,0 +1,817 @@
+//! A registry client of our own, on reqwest, for the copy path.
+//!
+//! One [`Registry`] per registry host and credential set. It owns the auth
+//! handshake (challenge, token cache honouring `expires_in`, one re-auth on
+//! 401 or on ECR's "token expired" 403), retries with jittered backoff per the
+//! [`crate::retry`] table, and a per-registry concurrency limit for short
+//! requests. Streaming blob bodies are bounded by the copy engine instead, so a
+//! transfer holding a permit never waits on another transfer's permit.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HeaderMap, LOCATION};
+use reqwest::{Method, Response, StatusCode};
+use tokio::sync::Semaphore;
+use url::Url;
+
+use crate::auth::{Challenge, Credentials, Token, TokenResponse};
+use crate::digest::Digest;
+use crate::ecr::{Ecr, EcrHost};
+use crate::error::{Error, Result};
+use crate::manifest::{ACCEPT as MANIFEST_ACCEPT, MAX_MANIFEST_BYTES, Manifest};
+use crate::retry::{self, Class};
+use crate::settings::{DEFAULT_MAX_CONCURRENCY, RegistrySettings};
+
+/// Where a registry's credentials come from.
+#[derive(Debug, Clone)]
+pub enum CredentialSource {
+    Static(Credentials),
+    Ecr {
+        host: EcrHost,
+        role_arn: Option<String>,
+    },
+}
+
+/// The access a request needs, for bearer-token scopes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Scope {
+    repository: String,
+    push: bool,
+    mount_from: Option<String>,
+}
+
+impl Scope {
+    pub fn pull(repository: &str) -> Scope {
+        Scope {
+            repository: repository.to_string(),
+            push: false,
+            mount_from: None,
+        }
+    }
+    pub fn push(repository: &str) -> Scope {
+        Scope {
+            push: true,
+            ..Scope::pull(repository)
+        }
+    }
+    /// Push to `repository` and pull from `from`, in one token, for mounts.
+    pub fn mount(repository: &str, from: &str) -> Scope {
+        Scope {
+            mount_from: Some(from.to_string()),
+            ..Scope::push(repository)
+        }
+    }
+    fn params(&self) -> Vec<String> {
+        let actions = if self.push { "pull,push" } else { "pull" };
+        let mut v = vec![format!("repository:{}:{actions}", self.repository)];
+        if let Some(from) = &self.mount_from {
+            v.push(format!("repository:{from}:pull"));
+        }
+        v
+    }
+    fn key(&self) -> String {
+        self.params().join(" ")
+    }
+}
+
+/// Request counters, for summaries, tests and benchmarks.
+#[derive(Debug, Default)]
+pub struct RequestStats {
+    pub requests: AtomicU64,
+    pub retries: AtomicU64,
+    pub reauths: AtomicU64,
+    pub token_fetches: AtomicU64,
+}
+
+/// What a HEAD on a manifest tells.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManifestHead {
+    pub digest: Digest,
+    pub media_type: String,
+    pub size: u64,
+}
+
+/// The result of a cross-repository mount attempt.
+#[derive(Debug)]
+pub enum Mount {
+    Mounted,
+    /// The registry could not mount and opened an upload session instead.
+    Upload(Url),
+}
+
+/// A client for one registry host.
+#[derive(Debug)]
+pub struct Registry {
+    host: String,
+    base: Url,
+    http: reqwest::Client,
+    creds: CredentialSource,
+    ecr: Arc<Ecr>,
+    challenge: std::sync::Mutex<Option<Challenge>>,
+    tokens: tokio::sync::Mutex<HashMap<String, Token>>,
+    limit: Semaphore,
+    pub stats: RequestStats,
+}
+
+const USER_AGENT: &str = concat!("mirrorfleet/", env!("CARGO_PKG_VERSION"));
+
+impl Registry {
+    /// Build a client for `host` with its settings. TLS verification is on
+    /// unless the settings explicitly mark the registry insecure.
+    pub fn new(
+        host: &str,
+        settings: &RegistrySettings,
+        creds: CredentialSource,
+        ecr: Arc<Ecr>,
+    ) -> Result<Registry> {
+        let invalid = |message: String| {
+            Error::Settings(crate::settings::SettingsError::Invalid {
+                host: host.to_string(),
+                message,
+            })
+        };
+        let endpoint = match settings.endpoint.as_deref() {
+            Some(e) => e.to_string(),
+            // Docker Hub's API lives on another name than its references.
+            None if host == crate::reference::DOCKER_HUB => "registry-1.docker.io".to_string(),
+            None => host.to_string(),
+        };
+        let scheme = if settings.plain_http { "http" } else { "https" };
+        let base = Url::parse(&format!("{scheme}://{endpoint}/")).map_err(|e| {
+            invalid(format!(
+                "endpoint {endpoint:?} is not a valid host[:port]: {e}"
+            ))
+        })?;
+        let mut builder = reqwest::Client::builder()
+            .user_agent(USER_AGENT)
+            .connect_timeout(Duration::from_secs(15))
+            .read_timeout(Duration::from_secs(120))
+            .pool_idle_timeout(Duration::from_secs(60));
+        if let Some(ca) = &settings.ca_file {
+            let pem = std::fs::read(ca)
+                .map_err(|e| invalid(format!("cannot read ca_file {}: {e}", ca.display())))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| invalid(format!("ca_file {} is not PEM: {e}", ca.display())))?;
+            builder = builder.tls_certs_merge(certs);
+        }
+        if settings.insecure_skip_tls_verify {
+            tracing::warn!(
+                registry = host,
+                "TLS certificate verification is OFF for this registry, as configured"
+            );
+            builder = builder.tls_danger_accept_invalid_certs(true);
+        }
+        if settings.plain_http {
+            tracing::warn!(
+                registry = host,
+                "using plain HTTP for this registry, as configured"
+            );
+        }
+        let http = builder
+            .build()
+            .map_err(|e| invalid(format!("cannot build the HTTP client: {e}")))?;
+        Ok(Registry {
+            host: host.to_string(),
+            base,
+            http,
+            creds,
+            ecr,
+            challenge: std::sync::Mutex::new(None),
+            tokens: tokio::sync::Mutex::new(HashMap::new()),
+            limit: Semaphore::new(settings.max_concurrency.unwrap_or(DEFAULT_MAX_CONCURRENCY)),
+            stats: RequestStats::default(),
+        })
+    }
+
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    fn url(&self, path: &str) -> Url {
+        // `path` is built from validated repository names and digests.
+        self.base.join(path).unwrap_or_else(|_| self.base.clone())
+    }
+
+    async fn credentials(&self) -> Result<Credentials> {
+        match &self.creds {
+            CredentialSource::Static(c) => Ok(c.clone()),
+            CredentialSource::Ecr { host, role_arn } => {
+                Ok(self.ecr.credentials(host, role_arn.as_deref()).await?)
+            }
+        }
+    }
+
+    fn known_challenge(&self) -> Option<Challenge> {
+        self.challenge
+            .lock()
+            .map(|c| c.clone())
+            .unwrap_or_else(|poisoned| poisoned.into_inner().clone())
+    }
+
+    fn learn_challenge(&self, headers: &HeaderMap) {
+        if let Some(c) = headers
+            .get_all(reqwest::header::WWW_AUTHENTICATE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .find_map(Challenge::parse)
+        {
+            match self.challenge.lock() {
+                Ok(mut g) => *g = Some(c),
+                Err(poisoned) => *poisoned.into_inner() = Some(c),
+            }
+        }
+    }
+
+    /// The Authorization header for `scope`, if the registry asked for one.
+    async fn authorization(&self, scope: &Scope, force: bool) -> Result<Option<String>> {
+        match self.known_challenge() {
+            None => Ok(None),
+            Some(Challenge::Basic) => Ok(self.credentials().await?.basic_header()),
+            Some(Challenge::Bearer { realm, service }) => {
+                let key = scope.key();
+                let mut tokens = self.tokens.lock().await;
+                if !force && let Some(t) = tokens.get(&key).filter(|t| t.fresh()) {
+                    return Ok(Some(format!("Bearer {}", t.value.expose())));
+                }
+                let token = self.fetch_token(&realm, service.as_deref(), scope).await?;
+                let header = format!("Bearer {}", token.value.expose());
+                tokens.insert(key, token);
+                Ok(Some(header))
+            }
+        }
+    }
+
+    async fn fetch_token(
+        &self,
+        realm: &str,
+        service: Option<&str>,
+        scope: &Scope,
+    ) -> Result<Token> {
+        self.stats.token_fetches.fetch_add(1, Ordering::Relaxed);
+        let auth_err = |message: String| Error::Auth {
+            registry: self.host.clone(),
+            message,
+        };
+        let mut url = Url::parse(realm)
+            .map_err(|_| auth_err(format!("its token service address {realm:?} is not a URL")))?;
+        let creds = self.credentials().await?;
+        let mut attempt = 0;
+        let mut delays = retry::backoff();
+        loop {
+            let req = match &creds {
+                Credentials::IdentityToken(tok) => {
+                    // OAuth2 refresh-token grant, as Docker does for identity tokens.
+                    let mut form = url::form_urlencoded::Serializer::new(String::new());
+                    form.append_pair("grant_type", "refresh_token")
+                        .append_pair("refresh_token", tok.expose())
+                        .append_pair("client_id", "mirrorfleet")
+                        .append_pair("scope", &scope.params().join(" "));
+                    if let Some(s) = service {
+                        form.append_pair("service", s);
+                    }
+                    self.http
+                        .post(url.clone())
+                        .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
+                        .body(form.finish())
+                }
+                other => {
+                    url.query_pairs_mut().clear();
+                    {
+                        let mut q = url.query_pairs_mut();
+                        if let Some(s) = service {
+                            q.append_pair("service", s);
+                        }
+                        for p in scope.params() {
+                            q.append_pair("scope", &p);
+                        }
+                    }
+                    let mut r = self.http.get(url.clone());
+                    if let Some(h) = other.basic_header() {
+                        r = r.header(AUTHORIZATION, h);
+                    }
+                    r
+                }
+            };
+            attempt += 1;
+            let result = req.send().await;
+            let retry_delay = match &result {
+                Ok(resp) if retry::classify(resp.status()) == Class::Retry => delays.next(),
+                Err(e) if is_transient(e) => delays.next(),
+                _ => None,
+            };
+            if let Some(d) = retry_delay {
+                self.stats.retries.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(registry = %self.host, attempt, "token service busy; retrying");
+                tokio::time::sleep(d).await;
+                continue;
+            }
+            let resp = result.map_err(|e| {
+                auth_err(format!(
+                    "its token service is unreachable: {}",
+                    error_chain(&e)
+                ))
+            })?;
+            let status = resp.status();
+            if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+                return Err(auth_err(format!(
+                    "the token service refused {} (HTTP {}); check the username and password",
+                    creds.describe(),
+                    status.as_u16()
+                )));
+            }
+            if !status.is_success() {
+                return Err(auth_err(format!(
+                    "the token service answered HTTP {}",
+                    status.as_u16()
+                )));
+            }
+            let body: TokenResponse = resp
+                .json()
+                .await
+                .map_err(|e| auth_err(format!("the token service's answer is not JSON: {e}")))?;
+            return body
+                .into_token()
+                .ok_or_else(|| auth_err("the token service returned no token".into()));
+        }
+    }
+
+    /// Send a request built by `build` (called again for each attempt), with
+    /// auth, re-auth once on 401, and retries on transient failures. Returns
+    /// 2xx, 3xx and 404 responses; other statuses become errors.
+    async fn send<F>(&self, scope: &Scope, build: F) -> Result<Response>
+    where
+        F: Fn(&reqwest::Client) -> reqwest::RequestBuilder,
+    {
+        let mut delays = retry::backoff();
+        let mut reauthed = false;
+        let mut force_token = false;
+        loop {
+            let auth = self.authorization(scope, force_token).await?;
+            force_token = false;
+            let mut req = build(&self.http);
+            if let Some(a) = auth {
+                req = req.header(AUTHORIZATION, a);
+            }
+            let result = {
+                let _permit = self.limit.acquire().await.map_err(|_| Error::Cancelled)?;
+                self.stats.requests.fetch_add(1, Ordering::Relaxed);
+                req.send().await
+            };
+            let resp = match result {
+                Ok(r) => r,
+                Err(e) if is_transient(&e) => match delays.next() {
+                    Some(d) => {
+                        self.stats.retries.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(registry = %self.host, error = %error_chain(&e), "transient error; retrying");
+                        tokio::time::sleep(d).await;
+                        continue;
+                    }
+                    None => return Err(self.transport_error(&e)),
+                },
+                Err(e) => return Err(self.transport_error(&e)),
+            };
+            let status = resp.status();
+            match retry::classify(status) {
+                Class::Success => return Ok(resp),
+                Class::Final if status == StatusCode::NOT_FOUND => return Ok(resp),
+                Class::Reauth if !reauthed => {
+                    reauthed = true;
+                    force_token = true;
+                    self.stats.reauths.fetch_add(1, Ordering::Relaxed);
+                    self.learn_challenge(resp.headers());
+                    self.invalidate_ecr().await;
+                    continue;
+                }
+                Class::Final if status == StatusCode::FORBIDDEN && !reauthed => {
+                    // ECR says "Your authorization token has expired" with 403.
+                    let body = read_error_text(resp).await;
+                    if body.to_ascii_lowercase().contains("expired") {
+                        reauthed = true;
+                        force_token = true;
+                        self.stats.reauths.fetch_add(1, Ordering::Relaxed);
+                        self.invalidate_ecr().await;
+                        continue;
+                    }
+                    return Err(Error::Denied {
+                        registry: self.host.clone(),
+                        message: error_message(&body).1,
+                    });
+                }
+                Class::Retry => {
+                    let server_delay = retry::retry_after(resp.headers());
+                    match delays.next() {
+                        Some(d) => {
+                            self.stats.retries.fetch_add(1, Ordering::Relaxed);
+                            tracing::debug!(registry = %self.host, status = status.as_u16(), "transient status; retrying");
+                            tokio::time::sleep(server_delay.unwrap_or(d)).await;
+                            continue;
+                        }
+                        None => return Err(self.status_error(resp).await),
+                    }
+                }
+                _ => return Err(self.status_error(resp).await),
+            }
+        }
+    }
+
+    async fn invalidate_ecr(&self) {
+        if let CredentialSource::Ecr { host, role_arn } = &self.creds {
+            self.ecr.invalidate(host, role_arn.as_deref()).await;
+        }
+    }
+
+    fn transport_error(&self, e: &reqwest::Error) -> Error {
+        Error::Transport {
+            registry: self.host.clone(),
+            message: error_chain(e),
+        }
+    }
+
+    async fn status_error(&self, resp: Response) -> Error {
+        let status = resp.status();
+        let body = read_error_text(resp).await;
+        let (code, message) = error_message(&body);
+        match status {
+            StatusCode::UNAUTHORIZED => Error::Auth {
+                registry: self.host.clone(),
+                message: match self.known_challenge() {
+                    Some(_) => format!("the registry refused the credentials ({message})"),
+                    None => {
+                        format!("the registry asked for credentials it did not accept ({message})")
+                    }
+                },
+            },
+            StatusCode::FORBIDDEN => Error::Denied {
+                registry: self.host.clone(),
+                message,
+            },
+            _ => Error::Registry {
+                registry: self.host.clone(),
+                status: status.as_u16(),
+                code,
+                message,
+            },
+        }
+    }
+
+    /// HEAD a manifest; `None` when it does not exist. Falls back to GET and
+    /// hashing when the registry sends no `Docker-Content-Digest`.
+    pub async fn head_manifest(&self, repo: &str, reference: &str) -> Result<Option<ManifestHead>> {
+        let url = self.url(&format!("v2/{repo}/manifests/{reference}"));
+        let resp = self
+            .send(&Scope::pull(repo), |c| {
+                c.request(Method::HEAD, url.clone())
+                    .header(ACCEPT, MANIFEST_ACCEPT)
+            })
+            .await?;
+        if resp.status() == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        let h = resp.headers();
+        let media_type = header_str(h, CONTENT_TYPE).unwrap_or_default();
+        let digest = header_str(h, "docker-content-digest").and_then(|d| d.parse::<Digest>().ok());
+        let size = header_str(h, CONTENT_LENGTH).and_then(|s| s.parse().ok());
+        match (digest, size) {
+            (Some(digest), Some(size)) => Ok(Some(ManifestHead {
+                digest,
+                media_type,
+                size,
+            })),
+            _ => match self.get_manifest_opt(repo, reference).await? {
+                Some(m) => Ok(Some(ManifestHead {
+                    digest: m.digest,
+                    media_type: m.media_type,
+                    size: m.raw.len() as u64,
+                })),
+                None => Ok(None),
+            },
+        }
+    }
+
+    /// GET a manifest's raw bytes. A reference that is a digest is verified
+    /// against the bytes, and so is any `Docker-Content-Digest` the registry sends.
+    pub async fn get_manifest(&self, repo: &str, reference: &str) -> Result<Manifest> {
+        self.get_manifest_opt(repo, reference)
+            .await?
+            .ok_or_else(|| Error::NotFound {
+                what: format!("manifest {}/{repo}:{reference}", self.host),
+            })
+    }
+
+    async fn get_manifest_opt(&self, repo: &str, reference: &str) -> Result<Option<Manifest>> {
+        let url = self.url(&format!("v2/{repo}/manifests/{reference}"));
+        let resp = self
+            .send(&Scope::pull(repo), |c| {
+                c.get(url.clone()).header(ACCEPT, MANIFEST_ACCEPT)
+            })
+            .await?;
+        if resp.status() == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        let what = format!("manifest {}/{repo}@{reference}", self.host);
+        let content_type = header_str(resp.headers(), CONTENT_TYPE).unwrap_or_default();
+        let claimed = header_str(resp.headers(), "docker-content-digest");
+        if resp
+            .content_length()
+            .is_some_and(|l| l > MAX_MANIFEST_BYTES as u64)
+        {
+            return Err(Error::Manifest {
+                what,
+                source: crate::manifest::ManifestError::TooLarge(
+                    resp.content_length().unwrap_or_default() as usize,
+                ),
+            });
+        }
+        let raw = read_limited(resp, MAX_MANIFEST_BYTES)
+            .await
+            .map_err(|e| self.transport_error(&e))?;
+        let manifest =
+            Manifest::from_raw(raw, &content_type).map_err(|source| Error::Manifest {
+                what: what.clone(),
+                source,
+            })?;
+        let expected = reference
+            .parse::<Digest>()
+            .ok()
+            .or_else(|| claimed.and_then(|c| c.parse().ok()));
+        if let Some(expected) = expected
+            && expected.algorithm() == manifest.digest.algorithm()
+            && expected != manifest.digest
+        {
+            return Err(Error::DigestMismatch {
+                what,
+                expected,
+                actual: manifest.digest,
+            });
+        }
+        Ok(Some(manifest))
+    }
+
+    /// PUT a manifest's raw bytes under `reference` (a tag or its digest).
+    pub async fn put_manifest(&self, repo: &str, reference: &str, m: &Manifest) -> Result<()> {
+        let url = self.url(&format!("v2/{repo}/manifests/{reference}"));
+        let resp = self
+            .send(&Scope::push(repo), |c| {
+                c.put(url.clone())
+                    .header(CONTENT_TYPE, m.media_type.as_str())
+                    .body(m.raw.clone())
+            })
+            .await?;
+        if resp.status() == StatusCode::NOT_FOUND {
+            return Err(self.status_error(resp).await);
+        }
+        // Location is optional (ECR omits it); the digest header, when sent, must agree.
+        if let Some(d) = header_str(resp.headers(), "docker-content-digest")
+            .and_then(|d| d.parse::<Digest>().ok())
+            && d != m.digest
+        {
+            return Err(Error::DigestMismatch {
+                what: format!("manifest pushed to {}/{repo}:{reference}", self.host),
+                expected: m.digest.clone(),
+                actual: d,
+            });
+        }
+        Ok(())
+    }
+
+    pub async fn blob_exists(&self, repo: &str, digest: &Digest) -> Result<bool> {
+        let url = self.url(&format!("v2/{repo}/blobs/{digest}"));
+        let resp = self
+            .send(&Scope::pull(repo), |c| c.request(Method::HEAD, url.clone()))
+            .await?;
+        Ok(resp.status().is_success())
+    }
+
+    /// Try to mount `digest` from `from` into `repo` on this registry.
+    pub async fn mount_blob(&self, repo: &str, digest: &Digest, from: &str) -> Result<Mount> {
+        let mut url = self.url(&format!("v2/{repo}/blobs/uploads/"));
+        url.query_pairs_mut()
+            .append_pair("mount", &digest.to_string())
+            .append_pair("from", from);
+        let resp = self
+            .send(&Scope::mount(repo, from), |c| {
+                c.post(url.clone()).header(CONTENT_LENGTH, "0")
+            })
+            .await?;
+        match resp.status() {
+            StatusCode::CREATED => Ok(Mount::Mounted),
+            StatusCode::ACCEPTED => Ok(Mount::Upload(self.location(&resp)?)),
+            _ => Err(self.status_error(resp).await),
+        }
+    }
+
+    /// Open an upload session; returns where to PUT the bytes.
+    pub async fn start_upload(&self, repo: &str) -> Result<Url> {
+        let url = self.url(&format!("v2/{repo}/blobs/uploads/"));
+        let resp = self
+            .send(&Scope::push(repo), |c| {
+                c.post(url.clone()).header(CONTENT_LENGTH, "0")
+            })
+            .await?;
+        match resp.status() {
+            StatusCode::ACCEPTED | StatusCode::CREATED => self.location(&resp),
+            _ => Err(self.status_error(resp).await),
+        }
+    }
+
+    fn location(&self, resp: &Response) -> Result<Url> {
+        let loc = header_str(resp.headers(), LOCATION).ok_or_else(|| Error::Registry {
+            registry: self.host.clone(),
+            status: resp.status().as_u16(),
+            code: None,
+            message: "the upload session has no Location header".into(),
+        })?;
+        self.base.join(&loc).map_err(|_| Error::Registry {
+            registry: self.host.clone(),
+            status: resp.status().as_u16(),
+            code: None,
+            message: format!("the upload Location {loc:?} is not a URL"),
+        })
+    }
+
+    /// Finish an upload with one streaming PUT of `size` bytes. Not retried
+    /// here: the body is a stream; the copy engine retries the whole transfer.
+    pub async fn put_blob(
+        &self,
+        repo: &str,
+        mut location: Url,
+        digest: &Digest,
+        size: u64,
+        body: reqwest::Body,
+    ) -> Result<()> {
+        location
+            .query_pairs_mut()
+            .append_pair("digest", &digest.to_string());
+        let mut req = self
+            .http
+            .put(location.clone())
+            .header(CONTENT_TYPE, "application/octet-stream")
+            .header(CONTENT_LENGTH, size)
+            .body(body);
+        // Only our own registry gets our credentials, never an upload host elsewhere.
+        if same_origin(&location, &self.base)
+            && let Some(a) = self.authorization(&Scope::push(repo), false).await?
+        {
+            req = req.header(AUTHORIZATION, a);
+        }
+        self.stats.requests.fetch_add(1, Ordering::Relaxed);
+        let resp = req.send().await.map_err(|e| self.transport_error(&e))?;
+        if resp.status() == StatusCode::CREATED || resp.status() == StatusCode::NO_CONTENT {
+            return Ok(());
+        }
+        if resp.status() == StatusCode::UNAUTHORIZED {
+            // Let the engine's retry start over with a fresh token.
+            self.learn_challenge(resp.headers());
+            self.tokens.lock().await.remove(&Scope::push(repo).key());
+            self.invalidate_ecr().await;
+        }
+        Err(self.status_error(resp).await)
+    }
+
+    /// GET a blob; the caller streams and verifies the body. Redirects (to
+    /// object storage or a CDN) are followed by reqwest, which drops the
+    /// Authorization header whenever the redirect leaves this host.
+    pub async fn get_blob(&self, repo: &str, digest: &Digest) -> Result<Response> {
+        let url = self.url(&format!("v2/{repo}/blobs/{digest}"));
+        let resp = self
+            .send(&Scope::pull(repo), |c| c.get(url.clone()))
+            .await?;
+        if resp.status() == StatusCode::NOT_FOUND {
+            return Err(Error::NotFound {
+                what: format!("blob {digest} in {}/{repo}", self.host),
+            });
+        }
+        Ok(resp)
+    }
+}
+
+fn same_origin(a: &Url, b: &Url) -> bool {
+    a.scheme() == b.scheme()
+        && a.host_str() == b.host_str()
+        && a.port_or_known_default() == b.port_or_known_default()
+}
+
+fn header_str(h: &HeaderMap, name: impl reqwest::header::AsHeaderName) -> Option<String> {
+    h.get(name)?.to_str().ok().map(|s| s.trim().to_string())
+}
+
+fn is_transient(e: &reqwest::Error) -> bool {
+    e.is_connect() || e.is_timeout() || e.is_request() || e.is_body()
+}
+
+/// An error with its causes ("error sending request: connection refused").
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut msg = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        let s_msg = s.to_string();
+        if !msg.contains(&s_msg) {
+            msg.push_str(": ");
+            msg.push_str(&s_msg);
+        }
+        src = s.source();
+    }
+    msg
+}
+
+async fn read_limited(
+    mut resp: Response,
+    limit: usize,
+) -> std::result::Result<Bytes, reqwest::Error> {
+    let mut buf = bytes::BytesMut::new();
+    while let Some(chunk) = resp.chunk().await? {
+        buf.extend_from_slice(&chunk);
+        if buf.len() > limit {
+            break;
+        }
+    }
+    Ok(buf.freeze())
+}
+
+async fn read_error_text(resp: Response) -> String {
+    match read_limited(resp, 16 * 1024).await {
+        Ok(b) => String::from_utf8_lossy(&b[..b.len().min(16 * 1024)]).into_owned(),
+        Err(e) => format!("(could not read the error body: {e})"),
+    }
+}
+
+/// The distribution error body `{"errors":[{"code":..,"message":..}]}`, or the text.
+fn error_message(body: &str) -> (Option<String>, String) {
+    #[derive(serde::Deserialize)]
+    struct Body {
+        errors: Vec<Item>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Item {
+        #[serde(default)]
+        code: String,
+        #[serde(default)]
+        message: String,
+    }
+    if let Ok(b) = serde_json::from_str::<Body>(body)
+        && let Some(first) = b.errors.first()
+    {
+        let msg = if first.message.is_empty() {
+            first.code.to_ascii_lowercase().replace('_', " ")
+        } else {
+            first.message.clone()
+        };
+        return (Some(first.code.clone()).filter(|c| !c.is_empty()), msg);
+    }
+    let text: String = body.trim().chars().take(300).collect();
+    (
+        None,
+        if text.is_empty() {
+            "no details given".into()
+        } else {
+            text
+        },
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scopes() {
+        assert_eq!(Scope::pull("a/b").key(), "repository:a/b:pull");
+        assert_eq!(Scope::push("a").key(), "repository:a:pull,push");
+        assert_eq!(
+            Scope::mount("dst", "src").params(),
+            vec!["repository:dst:pull,push", "repository:src:pull"]
+        );
+    }
+
+    #[test]
+    fn error_bodies() {
+        let (code, msg) = error_message(
+            r#"{"errors":[{"code":"MANIFEST_BLOB_UNKNOWN","message":"blob unknown to registry","detail":"sha256:.."}]}"#,
+        );
+        assert_eq!(code.as_deref(), Some("MANIFEST_BLOB_UNKNOWN"));
+        assert_eq!(msg, "blob unknown to registry");
+        assert_eq!(error_message("").1, "no details given");
+        assert_eq!(error_message("plain words").1, "plain words");
+    }
+
+    #[test]
+    fn origins() {
+        let a = Url::parse("https://r.example.com/v2/").unwrap();
+        assert!(same_origin(
+            &Url::parse("https://r.example.com:443/x").unwrap(),
+            &a
+        ));
+        assert!(!same_origin(
+            &Url::parse("https://s3.example.com/x").unwrap(),
+            &a
+        ));
+        assert!(!same_origin(
+            &Url::parse("http://r.example.com/x").unwrap(),
+            &a
+        ));
+    }
+}

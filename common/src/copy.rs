@@ -1,0 +1,787 @@
+//! The copy engine: one source image to N destinations, all platforms, bytes
+//! unchanged.
+//!
+//! Order, per call:
+//! 1. HEAD the source and every destination; destinations already at the
+//!    source digest are done (zero bytes moved). ECR repositories are created
+//!    here, and overwrite rules are checked.
+//! 2. GET the manifest tree once (index, children, nested indexes), by digest.
+//! 3. Blobs, concurrently: each unique blob is claimed in the [`Ledger`] per
+//!    destination repository, then skipped if present, mounted if it lives on
+//!    the same registry, or read ONCE from the source and streamed to every
+//!    destination lacking it. The sha256 is checked while streaming and the
+//!    last chunk is held back until it matches, so a lying source never
+//!    completes an upload.
+//! 4. Manifests, per destination: children by digest, the top one by tag last.
+//!
+//! A destination that fails stops receiving work; the others go on. The
+//! outcome is reported per destination.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use bytes::Bytes;
+use serde::Serialize;
+use tokio::sync::{Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+use url::Url;
+
+use crate::client::{Mount, Registry};
+use crate::digest::Digest;
+use crate::ecr::EcrHost;
+use crate::error::{Error, Result};
+use crate::ledger::{BlobKey, Claim, Ledger};
+use crate::manifest::{Descriptor, Manifest};
+use crate::reference::Reference;
+use crate::registries::{Registries, Role};
+
+/// How a copy behaves.
+#[derive(Debug, Clone)]
+pub struct CopyOptions {
+    /// Replace a destination tag that points at another digest.
+    pub overwrite: bool,
+    /// Blob transfers in flight at once, across all copies of this engine.
+    pub blob_concurrency: usize,
+    /// Attempts per blob transfer (a transfer restarts from a new upload session).
+    pub blob_attempts: usize,
+}
+
+impl Default for CopyOptions {
+    fn default() -> Self {
+        CopyOptions {
+            overwrite: true,
+            blob_concurrency: 8,
+            blob_attempts: 3,
+        }
+    }
+}
+
+/// Live counters for progress bars.
+#[derive(Debug, Default)]
+pub struct Progress {
+    pub bytes_total: AtomicU64,
+    pub bytes_read: AtomicU64,
+    pub blobs_total: AtomicU64,
+    pub blobs_done: AtomicU64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Copied in this run.
+    Copied,
+    /// Already at the source digest; nothing moved.
+    InSync,
+    Failed,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DestinationReport {
+    pub destination: String,
+    pub outcome: Outcome,
+    pub digest: Option<Digest>,
+    pub bytes_copied: u64,
+    pub blobs_copied: u64,
+    pub blobs_mounted: u64,
+    pub blobs_skipped: u64,
+    pub manifests_pushed: u64,
+    pub seconds: f64,
+    pub error: Option<String>,
+    /// Whether retrying later may help (the failure looked transient).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub transient: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CopyReport {
+    pub source: String,
+    pub source_digest: Option<Digest>,
+    /// Bytes read from the source (each blob once, however many destinations).
+    pub bytes_read: u64,
+    pub seconds: f64,
+    pub destinations: Vec<DestinationReport>,
+}
+
+impl CopyReport {
+    pub fn all_synced(&self) -> bool {
+        self.destinations
+            .iter()
+            .all(|d| d.outcome != Outcome::Failed)
+    }
+}
+
+/// One destination's state during a copy.
+struct Dest {
+    reference: Reference,
+    registry: Option<Arc<Registry>>,
+    needs_copy: AtomicBool,
+    in_sync: AtomicBool,
+    failure: Mutex<Option<(String, bool)>>,
+    bytes: AtomicU64,
+    copied: AtomicU64,
+    mounted: AtomicU64,
+    skipped: AtomicU64,
+    manifests: AtomicU64,
+}
+
+impl Dest {
+    fn new(reference: Reference) -> Dest {
+        Dest {
+            reference,
+            registry: None,
+            needs_copy: AtomicBool::new(false),
+            in_sync: AtomicBool::new(false),
+            failure: Mutex::new(None),
+            bytes: AtomicU64::new(0),
+            copied: AtomicU64::new(0),
+            mounted: AtomicU64::new(0),
+            skipped: AtomicU64::new(0),
+            manifests: AtomicU64::new(0),
+        }
+    }
+
+    fn fail(&self, e: &Error) {
+        let mut f = self.failure.lock().unwrap_or_else(|p| p.into_inner());
+        if f.is_none() {
+            tracing::warn!(destination = %self.reference, error = %e, "destination failed");
+            *f = Some((e.to_string(), e.is_transient()));
+        }
+    }
+
+    fn failed(&self) -> bool {
+        self.failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
+    }
+
+    fn active(&self) -> bool {
+        self.needs_copy.load(Ordering::Relaxed) && !self.failed()
+    }
+
+    fn registry(&self) -> &Arc<Registry> {
+        // Only called for destinations that passed `prepare`, which sets it.
+        #[allow(clippy::expect_used)]
+        self.registry
+            .as_ref()
+            .expect("registry resolved in prepare")
+    }
+
+    fn key(&self, digest: &Digest) -> BlobKey {
+        BlobKey {
+            registry: self.reference.registry().to_string(),
+            repository: self.reference.repository().to_string(),
+            digest: digest.clone(),
+        }
+    }
+
+    fn report(&self, digest: Option<&Digest>, started: Instant) -> DestinationReport {
+        let failure = self
+            .failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let outcome = match (&failure, self.in_sync.load(Ordering::Relaxed)) {
+            (Some(_), _) => Outcome::Failed,
+            (None, true) => Outcome::InSync,
+            (None, false) => Outcome::Copied,
+        };
+        DestinationReport {
+            destination: self.reference.to_string(),
+            outcome,
+            digest: if outcome == Outcome::Failed {
+                None
+            } else {
+                digest.cloned()
+            },
+            bytes_copied: self.bytes.load(Ordering::Relaxed),
+            blobs_copied: self.copied.load(Ordering::Relaxed),
+            blobs_mounted: self.mounted.load(Ordering::Relaxed),
+            blobs_skipped: self.skipped.load(Ordering::Relaxed),
+            manifests_pushed: self.manifests.load(Ordering::Relaxed),
+            seconds: started.elapsed().as_secs_f64(),
+            transient: failure.as_ref().is_some_and(|f| f.1),
+            error: failure.map(|f| f.0),
+        }
+    }
+}
+
+/// The copy engine. Share one per process: its ledger and transfer limit span
+/// every copy it runs.
+#[derive(Debug)]
+pub struct Engine {
+    registries: Arc<Registries>,
+    ledger: Ledger,
+    options: CopyOptions,
+    transfers: Arc<Semaphore>,
+    progress: Arc<Progress>,
+}
+
+impl Engine {
+    pub fn new(registries: Arc<Registries>, options: CopyOptions) -> Engine {
+        let transfers = Arc::new(Semaphore::new(options.blob_concurrency.max(1)));
+        Engine {
+            registries,
+            ledger: Ledger::default(),
+            options,
+            transfers,
+            progress: Arc::new(Progress::default()),
+        }
+    }
+
+    pub fn progress(&self) -> Arc<Progress> {
+        self.progress.clone()
+    }
+
+    pub fn registries(&self) -> &Arc<Registries> {
+        &self.registries
+    }
+
+    /// Copy `source` to every destination. Never fails as a whole: the report
+    /// says, per destination, what happened.
+    pub async fn copy(
+        &self,
+        source: &Reference,
+        destinations: &[Reference],
+        cancel: &CancellationToken,
+    ) -> CopyReport {
+        let started = Instant::now();
+        let mut dests: Vec<Dest> = destinations.iter().cloned().map(Dest::new).collect();
+        let bytes_read = AtomicU64::new(0);
+        let result = tokio::select! {
+            r = self.run(source, &mut dests, &bytes_read) => r,
+            _ = cancel.cancelled() => Err(Error::Cancelled),
+        };
+        let source_digest = match result {
+            Ok(d) => Some(d),
+            Err(e) => {
+                for d in &dests {
+                    if !d.in_sync.load(Ordering::Relaxed) {
+                        d.fail(&e);
+                    }
+                }
+                None
+            }
+        };
+        CopyReport {
+            source: source.to_string(),
+            bytes_read: bytes_read.load(Ordering::Relaxed),
+            seconds: started.elapsed().as_secs_f64(),
+            destinations: dests
+                .iter()
+                .map(|d| d.report(source_digest.as_ref(), started))
+                .collect(),
+            source_digest,
+        }
+    }
+
+    /// Returns the source digest; per-destination failures are recorded in `dests`.
+    async fn run(
+        &self,
+        source: &Reference,
+        dests: &mut [Dest],
+        bytes_read: &AtomicU64,
+    ) -> Result<Digest> {
+        let src = self.registries.get(source.registry(), Role::Source).await?;
+        let src_digest = match source.digest() {
+            Some(d) => d.clone(),
+            None => {
+                src.head_manifest(source.repository(), &source.manifest_ref())
+                    .await?
+                    .ok_or_else(|| Error::NotFound {
+                        what: format!("source image {source} (check the tag exists)"),
+                    })?
+                    .digest
+            }
+        };
+        tracing::debug!(%source, digest = %src_digest, "source resolved");
+
+        // 1. Destinations: resolve, create ECR repositories, compare digests.
+        // Futures are built in loops, not closures, so the copy future stays
+        // `Send` for `tokio::spawn` (closure-made futures trip Send inference).
+        let mut checks = Vec::with_capacity(dests.len());
+        for d in dests.iter() {
+            checks.push(self.prepare(source, &d.reference, &src_digest));
+        }
+        let prepared = futures_util::future::join_all(checks).await;
+        for (d, p) in dests.iter_mut().zip(prepared) {
+            match p {
+                Ok((registry, in_sync)) => {
+                    d.registry = Some(registry);
+                    d.in_sync.store(in_sync, Ordering::Relaxed);
+                    d.needs_copy.store(!in_sync, Ordering::Relaxed);
+                }
+                Err(e) => d.fail(&e),
+            }
+        }
+        if !dests.iter().any(Dest::active) {
+            return Ok(src_digest);
+        }
+        let dests: &[Dest] = dests;
+
+        // 2. The manifest tree, children before parents.
+        let manifests = self
+            .fetch_tree(&src, source.repository(), &src_digest)
+            .await?;
+        let mut blobs: Vec<Descriptor> = Vec::new();
+        for m in &manifests {
+            for b in m.blobs() {
+                if !blobs.iter().any(|x| x.digest == b.digest) {
+                    blobs.push(b.clone());
+                }
+            }
+        }
+        self.progress
+            .bytes_total
+            .fetch_add(blobs.iter().map(|b| b.size).sum(), Ordering::Relaxed);
+        self.progress
+            .blobs_total
+            .fetch_add(blobs.len() as u64, Ordering::Relaxed);
+
+        // 3. Blobs. A source failure (unreadable, lying) stops the whole copy.
+        let src = &src;
+        let mut transfers = Vec::with_capacity(blobs.len());
+        for b in &blobs {
+            transfers.push(async move {
+                // The engine-wide permit bounds transfers across concurrent copies.
+                let _permit = self
+                    .transfers
+                    .acquire()
+                    .await
+                    .map_err(|_| Error::Cancelled)?;
+                if !dests.iter().any(Dest::active) {
+                    return Ok(());
+                }
+                let r = self
+                    .transfer_blob(src, source.repository(), b, dests, bytes_read)
+                    .await;
+                self.progress.blobs_done.fetch_add(1, Ordering::Relaxed);
+                r
+            });
+        }
+        let results: Vec<Result<()>> = futures_util::future::join_all(transfers).await;
+        if let Some(e) = results.into_iter().find_map(|r| r.err()) {
+            return Err(e);
+        }
+
+        // 4. Manifests, per destination, after all their blobs are in.
+        let mut pushes = Vec::new();
+        for d in dests.iter().filter(|d| d.active()) {
+            let manifests = &manifests;
+            pushes.push(async move {
+                if let Err(e) = self
+                    .push_manifests(src, source.repository(), manifests, d, bytes_read)
+                    .await
+                {
+                    d.fail(&e);
+                }
+            });
+        }
+        futures_util::future::join_all(pushes).await;
+        Ok(src_digest)
+    }
+
+    /// Resolve a destination's client and decide whether it needs a copy.
+    async fn prepare(
+        &self,
+        source: &Reference,
+        dest: &Reference,
+        src_digest: &Digest,
+    ) -> Result<(Arc<Registry>, bool)> {
+        if dest.same_location(source) {
+            return Err(Error::SameAsSource(dest.to_string()));
+        }
+        if let Some(pinned) = dest.digest()
+            && pinned != src_digest
+        {
+            return Err(Error::OverwriteRefused {
+                dest: dest.to_string(),
+                existing: pinned.clone(),
+                wanted: src_digest.clone(),
+            });
+        }
+        let registry = self
+            .registries
+            .get(dest.registry(), Role::Destination)
+            .await?;
+        let mut immutable = false;
+        if let Some(host) = EcrHost::parse(dest.registry()) {
+            let role = self
+                .registries
+                .settings()
+                .registry(dest.registry())
+                .role_arn;
+            let info = self
+                .registries
+                .ecr()
+                .ensure_repository(
+                    &host,
+                    role.as_deref(),
+                    dest.repository(),
+                    &self.registries.settings().ecr,
+                )
+                .await?;
+            immutable = info.immutable_tags;
+        }
+        let head = registry
+            .head_manifest(dest.repository(), &dest.manifest_ref())
+            .await?;
+        match head {
+            Some(h) if &h.digest == src_digest => Ok((registry, true)),
+            Some(h) if immutable || !self.options.overwrite => Err(Error::OverwriteRefused {
+                dest: dest.to_string(),
+                existing: h.digest,
+                wanted: src_digest.clone(),
+            }),
+            _ => Ok((registry, false)),
+        }
+    }
+
+    /// GET the manifest at `digest` and, level by level, every child; returns
+    /// them deepest level first so children are pushed before their parents.
+    async fn fetch_tree(
+        &self,
+        src: &Registry,
+        repo: &str,
+        digest: &Digest,
+    ) -> Result<Vec<Manifest>> {
+        let mut levels: Vec<Vec<Manifest>> = Vec::new();
+        let mut next: Vec<Digest> = vec![digest.clone()];
+        let mut seen: Vec<Digest> = Vec::new();
+        while !next.is_empty() {
+            if levels.len() > 8 {
+                return Err(Error::Manifest {
+                    what: format!("index {digest}"),
+                    source: crate::manifest::ManifestError::Unsupported(
+                        "indexes nested more than 8 deep".into(),
+                    ),
+                });
+            }
+            let mut gets = Vec::with_capacity(next.len());
+            for d in &next {
+                gets.push(async move { src.get_manifest(repo, &d.to_string()).await });
+            }
+            let fetched = futures_util::future::join_all(gets).await;
+            let mut level = Vec::new();
+            next = Vec::new();
+            for m in fetched {
+                let m = m?;
+                for child in m.children() {
+                    if !seen.contains(&child.digest) {
+                        seen.push(child.digest.clone());
+                        next.push(child.digest.clone());
+                    }
+                }
+                level.push(m);
+            }
+            levels.push(level);
+        }
+        Ok(levels.into_iter().rev().flatten().collect())
+    }
+
+    /// Make `blob` present in every active destination repository.
+    async fn transfer_blob(
+        &self,
+        src: &Arc<Registry>,
+        src_repo: &str,
+        blob: &Descriptor,
+        dests: &[Dest],
+        bytes_read: &AtomicU64,
+    ) -> Result<()> {
+        let mut targets = Vec::new();
+        for d in dests.iter().filter(|d| d.active()) {
+            match self.place_without_data(src, src_repo, blob, d).await {
+                Ok(None) => {}
+                Ok(Some(t)) => targets.push(t),
+                Err(e) => d.fail(&e),
+            }
+        }
+        let mut attempt = 1;
+        while !targets.is_empty() {
+            let outcome = self
+                .stream_blob(src, src_repo, blob, &targets, bytes_read)
+                .await;
+            let results = match outcome {
+                Ok(r) => r,
+                // Unreadable after the client's own retries, or lying: nothing more to try.
+                Err(e) if !e.is_transient() || attempt >= self.options.blob_attempts => {
+                    return Err(e);
+                }
+                Err(e) => {
+                    tracing::info!(digest = %blob.digest, error = %e, attempt, "source read failed; retrying the transfer");
+                    targets.iter().map(|_| Err(Error::Cancelled)).collect()
+                }
+            };
+            let mut retry = Vec::new();
+            for (t, r) in targets.into_iter().zip(results) {
+                match r {
+                    Ok(()) => {
+                        t.dest.bytes.fetch_add(blob.size, Ordering::Relaxed);
+                        t.dest.copied.fetch_add(1, Ordering::Relaxed);
+                        t.guard.complete();
+                    }
+                    Err(e)
+                        if attempt < self.options.blob_attempts
+                            && (e.is_transient()
+                                || matches!(e, Error::Cancelled | Error::Auth { .. })) =>
+                    {
+                        match t
+                            .dest
+                            .registry()
+                            .start_upload(t.dest.reference.repository())
+                            .await
+                        {
+                            Ok(location) => retry.push(Target { location, ..t }),
+                            Err(e) => t.dest.fail(&e),
+                        }
+                    }
+                    Err(e) => t.dest.fail(&e),
+                }
+            }
+            targets = retry;
+            attempt += 1;
+        }
+        Ok(())
+    }
+
+    /// Claim the blob for `d`, then skip or mount it if possible. Returns an
+    /// upload target when the bytes must be streamed.
+    async fn place_without_data<'a>(
+        &self,
+        src: &Registry,
+        src_repo: &str,
+        blob: &Descriptor,
+        d: &'a Dest,
+    ) -> Result<Option<Target<'a>>> {
+        let guard = loop {
+            match self.ledger.claim(d.key(&blob.digest)) {
+                Claim::Present => {
+                    d.skipped.fetch_add(1, Ordering::Relaxed);
+                    return Ok(None);
+                }
+                Claim::Wait(w) => {
+                    if w.wait().await {
+                        d.skipped.fetch_add(1, Ordering::Relaxed);
+                        return Ok(None);
+                    }
+                }
+                Claim::Mine(g) => break g,
+            }
+        };
+        let reg = d.registry();
+        let repo = d.reference.repository();
+        if reg.blob_exists(repo, &blob.digest).await? {
+            d.skipped.fetch_add(1, Ordering::Relaxed);
+            guard.complete();
+            return Ok(None);
+        }
+        let location = if reg.host() == src.host() && repo != src_repo {
+            match reg.mount_blob(repo, &blob.digest, src_repo).await? {
+                Mount::Mounted => {
+                    d.mounted.fetch_add(1, Ordering::Relaxed);
+                    guard.complete();
+                    return Ok(None);
+                }
+                Mount::Upload(location) => location,
+            }
+        } else {
+            reg.start_upload(repo).await?
+        };
+        Ok(Some(Target {
+            dest: d,
+            location,
+            guard,
+        }))
+    }
+
+    /// Read `blob` once from the source and stream it into every target's
+    /// upload. `Err` means the source side failed (for all targets); the inner
+    /// results are per target.
+    async fn stream_blob(
+        &self,
+        src: &Registry,
+        src_repo: &str,
+        blob: &Descriptor,
+        targets: &[Target<'_>],
+        bytes_read: &AtomicU64,
+    ) -> Result<Vec<Result<()>>> {
+        let mut resp = src.get_blob(src_repo, &blob.digest).await?;
+        let what = || format!("blob {} from {}/{src_repo}", blob.digest, src.host());
+        if let Some(len) = resp.content_length()
+            && len != blob.size
+        {
+            return Err(Error::SizeMismatch {
+                what: what(),
+                expected: blob.size,
+                actual: len,
+            });
+        }
+        // Small bounded channels: memory per transfer stays at a few chunks
+        // whatever the blob size, and the slowest destination sets the pace.
+        let mut senders = Vec::new();
+        let mut puts = Vec::new();
+        for t in targets {
+            let (tx, rx) = mpsc::channel::<std::result::Result<Bytes, std::io::Error>>(8);
+            let body =
+                reqwest::Body::wrap_stream(futures_util::stream::unfold(rx, |mut rx| async {
+                    rx.recv().await.map(|item| (item, rx))
+                }));
+            senders.push(Some(tx));
+            let reg = t.dest.registry().clone();
+            let repo = t.dest.reference.repository().to_string();
+            let location = t.location.clone();
+            let digest = blob.digest.clone();
+            let size = blob.size;
+            puts.push(async move { reg.put_blob(&repo, location, &digest, size, body).await });
+        }
+        let reader = async {
+            let mut verifier = blob.digest.verifier();
+            let mut held: Option<Bytes> = None;
+            let read: Result<()> = loop {
+                match resp.chunk().await {
+                    Ok(Some(chunk)) => {
+                        verifier.update(&chunk);
+                        bytes_read.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                        self.progress
+                            .bytes_read
+                            .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                        if verifier.len() > blob.size {
+                            break Err(Error::SizeMismatch {
+                                what: what(),
+                                expected: blob.size,
+                                actual: verifier.len(),
+                            });
+                        }
+                        if let Some(prev) = held.replace(chunk) {
+                            send_all(&mut senders, Ok(prev)).await;
+                        }
+                        if senders.iter().all(Option::is_none) {
+                            // Every upload ended early; their errors say why.
+                            break Ok(());
+                        }
+                    }
+                    Ok(None) => break Ok(()),
+                    Err(e) => {
+                        break Err(Error::Transport {
+                            registry: src.host().to_string(),
+                            message: format!(
+                                "reading {}: {}",
+                                what(),
+                                crate::client::error_chain(&e)
+                            ),
+                        });
+                    }
+                }
+            };
+            let verified = read.and_then(|()| {
+                if senders.iter().all(Option::is_none) {
+                    return Ok(());
+                }
+                if verifier.len() != blob.size {
+                    return Err(Error::SizeMismatch {
+                        what: what(),
+                        expected: blob.size,
+                        actual: verifier.len(),
+                    });
+                }
+                let actual = verifier.finish();
+                if actual != blob.digest {
+                    return Err(Error::DigestMismatch {
+                        what: what(),
+                        expected: blob.digest.clone(),
+                        actual,
+                    });
+                }
+                Ok(())
+            });
+            match &verified {
+                Ok(()) => {
+                    if let Some(last) = held.take() {
+                        send_all(&mut senders, Ok(last)).await;
+                    }
+                }
+                Err(e) => {
+                    // Fail the bodies so no upload completes with unverified bytes.
+                    let msg = e.to_string();
+                    send_all(&mut senders, Err(std::io::Error::other(msg))).await;
+                }
+            }
+            senders.clear();
+            verified
+        };
+        let (verified, results) = tokio::join!(reader, futures_util::future::join_all(puts));
+        verified?;
+        Ok(results)
+    }
+
+    /// Push every manifest of the tree to `d`: children by digest, then the
+    /// top one under the destination's tag. A push refused because a blob is
+    /// unknown re-checks that manifest's blobs once and tries again.
+    async fn push_manifests(
+        &self,
+        src: &Arc<Registry>,
+        src_repo: &str,
+        manifests: &[Manifest],
+        d: &Dest,
+        bytes_read: &AtomicU64,
+    ) -> Result<()> {
+        let reg = d.registry();
+        let repo = d.reference.repository();
+        let last = manifests.len().saturating_sub(1);
+        for (i, m) in manifests.iter().enumerate() {
+            let reference = if i == last {
+                d.reference.manifest_ref()
+            } else {
+                m.digest.to_string()
+            };
+            match reg.put_manifest(repo, &reference, m).await {
+                Ok(()) => {}
+                Err(e)
+                    if matches!(
+                        e.registry_code(),
+                        Some("MANIFEST_BLOB_UNKNOWN" | "BLOB_UNKNOWN")
+                    ) =>
+                {
+                    tracing::warn!(destination = %d.reference, manifest = %m.digest, "registry lost a blob; re-checking");
+                    for b in m.blobs() {
+                        self.ledger.forget(&d.key(&b.digest));
+                        self.transfer_blob(src, src_repo, b, std::slice::from_ref(d), bytes_read)
+                            .await?;
+                    }
+                    if d.failed() {
+                        return Ok(());
+                    }
+                    reg.put_manifest(repo, &reference, m).await?;
+                }
+                Err(e) => return Err(e),
+            }
+            d.manifests.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+}
+
+struct Target<'a> {
+    dest: &'a Dest,
+    location: Url,
+    guard: crate::ledger::Guard,
+}
+
+async fn send_all(
+    senders: &mut [Option<mpsc::Sender<std::result::Result<Bytes, std::io::Error>>>],
+    item: std::result::Result<Bytes, std::io::Error>,
+) {
+    for slot in senders.iter_mut() {
+        if let Some(tx) = slot {
+            let item = match &item {
+                Ok(b) => Ok(b.clone()),
+                Err(e) => Err(std::io::Error::other(e.to_string())),
+            };
+            if tx.send(item).await.is_err() {
+                // That upload's request ended; its own result tells why.
+                *slot = None;
+            }
+        }
+    }
+}

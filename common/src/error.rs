@@ -1,0 +1,85 @@
+//! The library's error type. Every message is meant to be read by the person
+//! who owns the mirror row: it says what failed, where, and what to check.
+
+use crate::auth::AuthError;
+use crate::digest::Digest;
+use crate::ecr::EcrError;
+use crate::manifest::ManifestError;
+use crate::reference::ReferenceError;
+use crate::settings::SettingsError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Reference(#[from] ReferenceError),
+    #[error("{what}: {source}")]
+    Manifest { what: String, source: ManifestError },
+    #[error("login to {registry} failed: {message}")]
+    Auth { registry: String, message: String },
+    #[error("{registry} refused access: {message}")]
+    Denied { registry: String, message: String },
+    #[error("{what} was not found")]
+    NotFound { what: String },
+    #[error("{registry} answered {status}{}: {message}", code.as_ref().map(|c| format!(" {c}")).unwrap_or_default())]
+    Registry {
+        registry: String,
+        status: u16,
+        code: Option<String>,
+        message: String,
+    },
+    #[error("cannot reach {registry}: {message}")]
+    Transport { registry: String, message: String },
+    #[error("{what} does not match its digest: expected {expected}, got {actual}")]
+    DigestMismatch {
+        what: String,
+        expected: Digest,
+        actual: Digest,
+    },
+    #[error("{what} has {actual} bytes but its descriptor says {expected}")]
+    SizeMismatch {
+        what: String,
+        expected: u64,
+        actual: u64,
+    },
+    #[error(
+        "overwrite refused: {dest} already holds {existing}, not the source's {wanted} \
+         (tags are immutable there, or overwrite is off for this mirror)"
+    )]
+    OverwriteRefused {
+        dest: String,
+        existing: Digest,
+        wanted: Digest,
+    },
+    #[error("destination {0} is the source itself")]
+    SameAsSource(String),
+    #[error(transparent)]
+    Ecr(#[from] EcrError),
+    #[error(transparent)]
+    Settings(#[from] SettingsError),
+    #[error(transparent)]
+    AuthConfig(#[from] AuthError),
+    #[error("cancelled")]
+    Cancelled,
+}
+
+impl Error {
+    /// A registry error code from the distribution error body, if any.
+    pub fn registry_code(&self) -> Option<&str> {
+        match self {
+            Error::Registry { code, .. } => code.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// Whether trying the same job later could succeed (transient trouble)
+    /// rather than needing a person to change something.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Transport { .. } => true,
+            Error::Registry { status, .. } => *status == 429 || *status >= 500,
+            _ => false,
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

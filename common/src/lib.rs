@@ -1,0 +1,36 @@
+//! mirrorfleet's shared library: everything between an image reference and
+//! bytes in a destination registry.
+//!
+//! Modules in data-flow order:
+//! - [`reference`]: parse and normalise image references (`golang:1.17` →
+//!   `docker.io/library/golang:1.17`).
+//! - [`settings`]: per-registry settings (endpoint overrides, TLS, credentials).
+//! - [`auth`]: credentials (explicit, Docker config, helpers) and challenges.
+//! - [`ecr`]: ECR hosts, authorization tokens and repository creation.
+//! - [`registries`]: one HTTP client per registry, with its credentials.
+//! - [`client`]: the registry HTTP API (manifests, blobs, mounts, uploads),
+//!   with auth and retries per [`retry`].
+//! - [`manifest`] and [`digest`]: raw manifests and their parsed form; streaming
+//!   sha256 verification.
+//! - [`ledger`]: which blobs are present or in flight per repository.
+//! - [`copy`]: the engine that copies one source to many destinations.
+//! - [`cli`]: flags shared by the binaries, logging, tables.
+//! - [`error`]: the one error type, in words a mirror's owner can act on.
+
+pub mod auth;
+pub mod cli;
+pub mod client;
+pub mod copy;
+pub mod digest;
+pub mod ecr;
+pub mod error;
+pub mod ledger;
+pub mod manifest;
+pub mod reference;
+pub mod registries;
+pub mod retry;
+pub mod settings;
+
+pub use copy::{CopyOptions, CopyReport, DestinationReport, Engine, Outcome};
+pub use error::{Error, Result};
+pub use reference::Reference;

@@ -1,0 +1,262 @@
+//! Per-registry settings: endpoint overrides, TLS, credentials, concurrency.
+//!
+//! Read from a YAML file (`--registries FILE`) and completed by flags such as
+//! `--plain-http HOST`. Nothing is plain HTTP unless it is named here, not
+//! even localhost.
+//!
+//! ```yaml
+//! registries:
+//!   registry.internal:5000:
+//!     ca_file: /etc/ssl/internal-ca.pem
+//!     username: mirror
+//!     password_env: INTERNAL_REGISTRY_PASSWORD
+//!     max_concurrency: 8
+//!   123456789012.dkr.ecr.us-east-1.amazonaws.com:
+//!     role_arn: arn:aws:iam::123456789012:role/mirror-push
+//! ecr:
+//!   tag_mutability: IMMUTABLE
+//!   scan_on_push: true
+//! ```
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::auth::{Credentials, Secret};
+
+/// Default number of concurrent requests to one registry.
+pub const DEFAULT_MAX_CONCURRENCY: usize = 16;
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    #[serde(default)]
+    pub registries: HashMap<String, RegistrySettings>,
+    #[serde(default)]
+    pub ecr: EcrRepositorySettings,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistrySettings {
+    /// Connect here instead of the registry's own host (`host[:port]`).
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    #[serde(default)]
+    pub plain_http: bool,
+    /// Extra CA certificates (PEM) to trust for this registry.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Skip TLS verification. Only for registries explicitly marked; warned about.
+    #[serde(default)]
+    pub insecure_skip_tls_verify: bool,
+    #[serde(default)]
+    pub username: Option<String>,
+    /// Name of an environment variable holding the password.
+    #[serde(default)]
+    pub password_env: Option<String>,
+    /// A file holding the password (a mounted secret).
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// Concurrent requests to this registry (default 16).
+    #[serde(default)]
+    pub max_concurrency: Option<usize>,
+    /// For ECR hosts: assume this role to get the registry's token.
+    #[serde(default)]
+    pub role_arn: Option<String>,
+}
+
+/// How repositories created in ECR destinations are set up.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EcrRepositorySettings {
+    #[serde(default = "default_true")]
+    pub create_repositories: bool,
+    /// `MUTABLE` or `IMMUTABLE`.
+    #[serde(default = "default_mutability")]
+    pub tag_mutability: String,
+    #[serde(default)]
+    pub scan_on_push: bool,
+    /// `AES256` or `KMS`.
+    #[serde(default)]
+    pub encryption: Option<String>,
+    #[serde(default)]
+    pub kms_key: Option<String>,
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_mutability() -> String {
+    "MUTABLE".into()
+}
+
+impl Default for EcrRepositorySettings {
+    fn default() -> Self {
+        EcrRepositorySettings {
+            create_repositories: true,
+            tag_mutability: default_mutability(),
+            scan_on_push: false,
+            encryption: None,
+            kms_key: None,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    #[error("cannot read registry settings {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("registry settings {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: serde_norway::Error,
+    },
+    #[error("registry settings for {host}: {message}")]
+    Invalid { host: String, message: String },
+}
+
+impl Settings {
+    pub fn load(path: &Path) -> Result<Settings, SettingsError> {
+        let text = std::fs::read_to_string(path).map_err(|source| SettingsError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mut s: Settings =
+            serde_norway::from_str(&text).map_err(|source| SettingsError::Parse {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        s.registries = s
+            .registries
+            .into_iter()
+            .map(|(k, v)| (k.to_ascii_lowercase(), v))
+            .collect();
+        s.validate()?;
+        Ok(s)
+    }
+
+    fn validate(&self) -> Result<(), SettingsError> {
+        for (host, r) in &self.registries {
+            let bad = |message: &str| SettingsError::Invalid {
+                host: host.clone(),
+                message: message.to_string(),
+            };
+            if r.password_env.is_some() && r.password_file.is_some() {
+                return Err(bad("give password_env or password_file, not both"));
+            }
+            if (r.password_env.is_some() || r.password_file.is_some()) && r.username.is_none() {
+                return Err(bad("a password needs a username"));
+            }
+            if r.max_concurrency == Some(0) {
+                return Err(bad("max_concurrency must be at least 1"));
+            }
+            if r.plain_http && (r.ca_file.is_some() || r.insecure_skip_tls_verify) {
+                return Err(bad("plain_http registries have no TLS settings"));
+            }
+        }
+        match self.ecr.tag_mutability.as_str() {
+            "MUTABLE" | "IMMUTABLE" => Ok(()),
+            other => Err(SettingsError::Invalid {
+                host: "ecr".into(),
+                message: format!("tag_mutability must be MUTABLE or IMMUTABLE, not {other:?}"),
+            }),
+        }
+    }
+
+    /// Mark `host` as plain HTTP (from `--plain-http`).
+    pub fn mark_plain_http(&mut self, host: &str) {
+        self.registries
+            .entry(host.to_ascii_lowercase())
+            .or_default()
+            .plain_http = true;
+    }
+
+    pub fn registry(&self, host: &str) -> RegistrySettings {
+        self.registries.get(host).cloned().unwrap_or_default()
+    }
+}
+
+impl RegistrySettings {
+    /// Credentials configured for this registry, reading the password from its
+    /// environment variable or file now (never stored elsewhere).
+    pub fn credentials(&self, host: &str) -> Result<Option<Credentials>, SettingsError> {
+        let Some(username) = &self.username else {
+            return Ok(None);
+        };
+        let password = if let Some(var) = &self.password_env {
+            std::env::var(var).map_err(|_| SettingsError::Invalid {
+                host: host.to_string(),
+                message: format!("environment variable {var} (password_env) is not set"),
+            })?
+        } else if let Some(file) = &self.password_file {
+            std::fs::read_to_string(file)
+                .map_err(|e| SettingsError::Invalid {
+                    host: host.to_string(),
+                    message: format!("cannot read password_file {}: {e}", file.display()),
+                })?
+                .trim_end_matches(['\n', '\r'])
+                .to_string()
+        } else {
+            String::new()
+        };
+        Ok(Some(Credentials::Basic {
+            username: username.clone(),
+            password: Secret::new(password),
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loads_and_validates() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("r.yaml");
+        std::fs::write(
+            &p,
+            "registries:\n  Reg.Example.com:5000:\n    endpoint: 127.0.0.1:5002\n    plain_http: true\n    max_concurrency: 4\necr:\n  tag_mutability: IMMUTABLE\n",
+        )
+        .unwrap();
+        let s = Settings::load(&p).unwrap();
+        let r = s.registry("reg.example.com:5000");
+        assert!(r.plain_http);
+        assert_eq!(r.endpoint.as_deref(), Some("127.0.0.1:5002"));
+        assert_eq!(s.ecr.tag_mutability, "IMMUTABLE");
+        assert!(s.ecr.create_repositories);
+
+        std::fs::write(&p, "registries:\n  x:\n    plain_htp: true\n").unwrap();
+        let err = Settings::load(&p).unwrap_err().to_string();
+        assert!(err.contains("plain_htp") && err.contains("line 3"), "{err}");
+
+        std::fs::write(&p, "registries:\n  x:\n    password_env: P\n").unwrap();
+        assert!(
+            Settings::load(&p)
+                .unwrap_err()
+                .to_string()
+                .contains("username")
+        );
+    }
+
+    #[test]
+    fn reads_password_from_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let pw = dir.path().join("pw");
+        std::fs::write(&pw, "s3cret\n").unwrap();
+        let r = RegistrySettings {
+            username: Some("u".into()),
+            password_file: Some(pw),
+            ..Default::default()
+        };
+        match r.credentials("h").unwrap().unwrap() {
+            Credentials::Basic { password, .. } => assert_eq!(password.expose(), "s3cret"),
+            other => panic!("{other:?}"),
+        }
+    }
+}

@@ -1,0 +1,135 @@
+//! `mirrorfleet-controller check SRC DEST...`: is each destination at the
+//! source's digest? HEAD requests only; nothing is written.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Args;
+use mirrorfleet_common::Reference;
+use mirrorfleet_common::cli::{OutputFormat, RegistryArgs, table};
+use mirrorfleet_common::registries::Role;
+use serde::Serialize;
+
+#[derive(Debug, Args)]
+#[command(
+    about = "Compare a source image's digest with its destinations' (HEAD only)",
+    after_help = "Examples:\n  \
+  mirrorfleet-controller check golang:1.17 123456789012.dkr.ecr.us-east-1.amazonaws.com/golang:1.17\n  \
+  mirrorfleet-controller check --plain-http 127.0.0.1:5001,127.0.0.1:5002 --output json \\\n      \
+      127.0.0.1:5001/app:1 127.0.0.1:5002/app:1"
+)]
+pub struct CheckArgs {
+    /// Source image.
+    #[arg(env = "MIRRORFLEET_SOURCE")]
+    source: String,
+    /// Destination images, space- or comma-separated.
+    #[arg(env = "MIRRORFLEET_DEST", required = true, num_args = 1.., value_delimiter = ',')]
+    destinations: Vec<String>,
+    #[command(flatten)]
+    registry: RegistryArgs,
+    /// Result format on stdout.
+    #[arg(long, env = "MIRRORFLEET_OUTPUT", value_enum, default_value_t = OutputFormat::Text)]
+    output: OutputFormat,
+}
+
+#[derive(Debug, Serialize)]
+struct Row {
+    image: String,
+    role: &'static str,
+    digest: Option<String>,
+    in_sync: bool,
+    error: Option<String>,
+}
+
+pub async fn main(args: CheckArgs) -> ExitCode {
+    match run(args).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
+    let source: Reference = args.source.trim().parse().context("source")?;
+    let dests = args
+        .destinations
+        .iter()
+        .map(|d| d.trim().parse::<Reference>().context("destination"))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let engine = args.registry.engine().context("registry configuration")?;
+    let registries = engine.registries();
+
+    let head = |r: Reference, role: Role| async move {
+        let reg = registries.get(r.registry(), role).await?;
+        reg.head_manifest(r.repository(), &r.manifest_ref()).await
+    };
+    let src = head(source.clone(), Role::Source).await;
+    let src_digest = src
+        .as_ref()
+        .ok()
+        .and_then(|h| h.as_ref())
+        .map(|h| h.digest.clone());
+    let mut rows = vec![Row {
+        image: source.to_string(),
+        role: "source",
+        digest: src_digest.as_ref().map(ToString::to_string),
+        in_sync: src_digest.is_some(),
+        error: match &src {
+            Err(e) => Some(e.to_string()),
+            Ok(None) => Some("not found".into()),
+            Ok(Some(_)) => None,
+        },
+    }];
+    for d in dests {
+        let h = head(d.clone(), Role::Destination).await;
+        let digest = h
+            .as_ref()
+            .ok()
+            .and_then(|h| h.as_ref())
+            .map(|h| h.digest.clone());
+        rows.push(Row {
+            image: d.to_string(),
+            role: "destination",
+            in_sync: digest.is_some() && digest == src_digest,
+            digest: digest.map(|x| x.to_string()),
+            error: match h {
+                Err(e) => Some(e.to_string()),
+                Ok(_) => None,
+            },
+        });
+    }
+    match args.output {
+        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
+        OutputFormat::Text => {
+            let cells: Vec<Vec<String>> = rows
+                .iter()
+                .map(|r| {
+                    vec![
+                        r.role.to_string(),
+                        r.image.clone(),
+                        r.digest.clone().unwrap_or_else(|| "-".into()),
+                        if r.role == "source" {
+                            String::new()
+                        } else if r.in_sync {
+                            "in sync".into()
+                        } else {
+                            "differs".into()
+                        },
+                        r.error.clone().unwrap_or_default(),
+                    ]
+                })
+                .collect();
+            print!(
+                "{}",
+                table(&["ROLE", "IMAGE", "DIGEST", "STATE", "ERROR"], &cells)
+            );
+        }
+    }
+    Ok(if rows.iter().all(|r| r.in_sync) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}

@@ -1,0 +1,279 @@
+//! The binaries as users run them: flags, exit codes, JSON output, and an ECR
+//! destination (moto's control plane, a local registry serving the ECR host).
+
+// Test code: a panic is how a check fails.
+#![allow(clippy::unwrap_used)]
+
+use mirrorfleet_tests::*;
+use serde_json::{Value, json};
+
+const ECR_HOST: &str = "123456789012.dkr.ecr.us-east-1.amazonaws.com";
+
+async fn push_image(stack: &Stack, repo: &str, tag: &str) -> String {
+    let p = Pusher::new(Target::plain(&stack.src)).unwrap();
+    let amd = p
+        .image(repo, false, ("linux", "amd64"), &[3000], json!({}))
+        .await
+        .unwrap();
+    let arm = p
+        .image(repo, false, ("linux", "arm64"), &[3000], json!({}))
+        .await
+        .unwrap();
+    p.index(repo, tag, false, vec![amd, arm], json!({}))
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn worker_copy_output_and_exit_codes() {
+    let stack = Stack::get();
+    let repo = unique("cli");
+    let digest = push_image(&stack, &repo, "v1").await;
+    let plain = format!("{},{}", stack.src, stack.dst);
+    let src = format!("{}/{repo}:v1", stack.src);
+    // Destinations comma-separated in one argument, as Batch parameters pass them.
+    let dests = format!("{0}/{repo}-a:v1,{0}/{repo}-b:v1", stack.dst);
+    let (code, out, err) = run_bin(
+        "mirrorfleet-worker",
+        &[
+            "copy",
+            "--plain-http",
+            &plain,
+            "--output",
+            "json",
+            &src,
+            &dests,
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["source_digest"], digest);
+    assert_eq!(v["destinations"].as_array().unwrap().len(), 2);
+    assert_eq!(v["destinations"][0]["outcome"], "copied");
+    assert_eq!(
+        Skopeo::plain()
+            .digest(&format!("{}/{repo}-b:v1", stack.dst))
+            .unwrap(),
+        digest
+    );
+
+    // Text output, flags from the environment, and a second run in sync.
+    let (code, out, err) = run_bin(
+        "mirrorfleet-worker",
+        &["copy", &src, &format!("{}/{repo}-a:v1", stack.dst)],
+        &[("MIRRORFLEET_PLAIN_HTTP", &plain)],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.starts_with("DESTINATION") && out.contains("in sync"),
+        "{out}"
+    );
+
+    // A missing tag: exit 1 and the reason in words.
+    let (code, out, _) = run_bin(
+        "mirrorfleet-worker",
+        &[
+            "copy",
+            "--plain-http",
+            &plain,
+            &format!("{}/{repo}:missing", stack.src),
+            &format!("{}/{repo}:x", stack.dst),
+        ],
+        &[],
+    );
+    assert_eq!(code, 1);
+    assert!(out.contains("was not found"), "{out}");
+
+    // An invalid reference: exit 2 before anything is contacted.
+    let (code, _, err) = run_bin("mirrorfleet-worker", &["copy", "Bad:Ref:", "x/y:z"], &[]);
+    assert_eq!(code, 2);
+    assert!(err.contains("invalid image reference"), "{err}");
+
+    // JSON logs are one object per line.
+    let (code, _, err) = run_bin(
+        "mirrorfleet-worker",
+        &[
+            "--log-format",
+            "json",
+            "copy",
+            "--plain-http",
+            &plain,
+            &src,
+            &format!("{}/{repo}-a:v1", stack.dst),
+        ],
+        &[],
+    );
+    assert_eq!(code, 0);
+    for line in err.lines().filter(|l| !l.trim().is_empty()) {
+        let v: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{line}: {e}"));
+        assert!(v.get("level").is_some());
+    }
+}
+
+#[tokio::test]
+async fn help_has_examples() {
+    for (bin, sub) in [
+        ("mirrorfleet-worker", "copy"),
+        ("mirrorfleet-controller", "check"),
+    ] {
+        let (code, out, _) = run_bin(bin, &[sub, "--help"], &[]);
+        assert_eq!(code, 0);
+        assert!(
+            out.contains("Examples:") && out.contains("[env: MIRRORFLEET_"),
+            "{bin} {sub}: {out}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn controller_check_compares_digests() {
+    let stack = Stack::get();
+    let repo = unique("check");
+    push_image(&stack, &repo, "v1").await;
+    let plain = format!("{},{}", stack.src, stack.dst);
+    let src = format!("{}/{repo}:v1", stack.src);
+    let dest = format!("{}/{repo}:v1", stack.dst);
+    let (code, out, _) = run_bin(
+        "mirrorfleet-controller",
+        &["check", "--plain-http", &plain, &src, &dest],
+        &[],
+    );
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("differs"));
+    let (code, _, err) = run_bin(
+        "mirrorfleet-worker",
+        &["copy", "--plain-http", &plain, &src, &dest],
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
+    let (code, out, _) = run_bin(
+        "mirrorfleet-controller",
+        &[
+            "check",
+            "--plain-http",
+            &plain,
+            "--output",
+            "json",
+            &src,
+            &dest,
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{out}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v[1]["in_sync"], true);
+}
+
+fn ecr_settings(stack: &Stack, extra: &str) -> std::path::PathBuf {
+    let path = std::env::temp_dir().join(format!("{}.yaml", unique("mf-registries")));
+    std::fs::write(
+        &path,
+        format!(
+            "registries:\n  {ECR_HOST}:\n    endpoint: {}\n    plain_http: true\n  {}:\n    plain_http: true\n{extra}",
+            stack.dst, stack.src
+        ),
+    )
+    .unwrap();
+    path
+}
+
+#[tokio::test]
+async fn ecr_destination_creates_repository_and_honours_immutable_tags() {
+    let stack = Stack::get();
+    let ecr = moto_ecr(&stack);
+    let env = moto_env(&stack);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let repo = unique("ecr-src");
+    let a = push_image(&stack, &repo, "a").await;
+    push_image(&stack, &repo, "b").await;
+    let settings = ecr_settings(&stack, "ecr:\n  scan_on_push: true\n");
+    let settings = settings.to_str().unwrap();
+
+    // 1. A repository that does not exist yet is created, with the configured settings.
+    let created = unique("auto/app");
+    let dest = format!("{ECR_HOST}/{created}:a");
+    let (code, out, err) = run_bin(
+        "mirrorfleet-worker",
+        &[
+            "copy",
+            "--registries",
+            settings,
+            &format!("{}/{repo}:a", stack.src),
+            &dest,
+        ],
+        &env,
+    );
+    assert_eq!(code, 0, "{out}\n{err}");
+    let described = ecr
+        .describe_repositories()
+        .repository_names(&created)
+        .send()
+        .await
+        .unwrap();
+    let r = &described.repositories()[0];
+    assert_eq!(
+        r.image_scanning_configuration().map(|c| c.scan_on_push()),
+        Some(true)
+    );
+    assert_eq!(
+        Skopeo::plain()
+            .digest(&format!("{}/{created}:a", stack.dst))
+            .unwrap(),
+        a
+    );
+
+    // 2. An immutable repository: the same digest again is success, another is refused.
+    let frozen = unique("frozen");
+    ecr.create_repository()
+        .repository_name(&frozen)
+        .image_tag_mutability(aws_sdk_ecr::types::ImageTagMutability::Immutable)
+        .send()
+        .await
+        .unwrap();
+    let dest = format!("{ECR_HOST}/{frozen}:t");
+    let (code, out, err) = run_bin(
+        "mirrorfleet-worker",
+        &[
+            "copy",
+            "--registries",
+            settings,
+            &format!("{}/{repo}:a", stack.src),
+            &dest,
+        ],
+        &env,
+    );
+    assert_eq!(code, 0, "{out}\n{err}");
+    let (code, out, _) = run_bin(
+        "mirrorfleet-worker",
+        &[
+            "copy",
+            "--registries",
+            settings,
+            &format!("{}/{repo}:a", stack.src),
+            &dest,
+        ],
+        &env,
+    );
+    assert_eq!(code, 0);
+    assert!(out.contains("in sync"), "{out}");
+    let (code, out, _) = run_bin(
+        "mirrorfleet-worker",
+        &[
+            "copy",
+            "--registries",
+            settings,
+            &format!("{}/{repo}:b", stack.src),
+            &dest,
+        ],
+        &env,
+    );
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("overwrite refused"), "{out}");
+    assert_eq!(
+        Skopeo::plain()
+            .digest(&format!("{}/{frozen}:t", stack.dst))
+            .unwrap(),
+        a
+    );
+}
