@@ -21,4 +21,15 @@ step "build binaries (integration tests run them)"
 cargo build --workspace --bins --locked
 
 step "tests"
-cargo test --workspace --locked --no-fail-fast
+log="$(mktemp)"
+status=0
+cargo test --workspace --locked --no-fail-fast 2>&1 | tee "$log" || status=$?
+
+scripts/stack.sh down
+trap - EXIT
+# One closing line for the whole run (cargo's own last line is a doc-test
+# summary that is often "0 passed").
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed;?$/) p += $i; if ($(i+1) ~ /^failed;?$/) f += $i; if ($(i+1) ~ /^ignored;?$/) ig += $i } }
+     END { printf "tests: %d passed, %d failed, %d skipped\n", p, f, ig }' "$log"
+rm -f "$log"
+exit "$status"

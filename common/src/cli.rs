@@ -36,7 +36,7 @@ pub struct RegistryArgs {
         value_name = "USER:PASS",
         hide_env_values = true
     )]
-    pub src_creds: Option<String>,
+    pub src_creds: Option<CredsArg>,
 
     /// Credentials for the destination registries (see --src-creds).
     #[arg(
@@ -45,7 +45,7 @@ pub struct RegistryArgs {
         value_name = "USER:PASS",
         hide_env_values = true
     )]
-    pub dest_creds: Option<String>,
+    pub dest_creds: Option<CredsArg>,
 
     /// Docker config.json with `auths`, `credHelpers` and `credsStore`
     /// [default: $REGISTRY_AUTH_FILE, $DOCKER_CONFIG/config.json, ~/.docker/config.json]
@@ -59,6 +59,23 @@ pub struct RegistryArgs {
     /// Blob transfers in flight at once.
     #[arg(long, env = "MIRRORFLEET_CONCURRENCY", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub concurrency: u16,
+}
+
+/// A `USER:PASS` flag value whose `Debug` never shows the password.
+#[derive(Clone)]
+pub struct CredsArg(crate::auth::Secret);
+
+impl std::str::FromStr for CredsArg {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(CredsArg(crate::auth::Secret::new(s)))
+    }
+}
+
+impl std::fmt::Debug for CredsArg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CredsArg(<redacted>)")
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -86,7 +103,11 @@ impl RegistryArgs {
                 settings.mark_plain_http(host);
             }
         }
-        let parse = |s: &Option<String>| s.as_deref().map(Credentials::from_user_pass).transpose();
+        let parse = |s: &Option<CredsArg>| {
+            s.as_ref()
+                .map(|c| Credentials::from_user_pass(c.0.expose()))
+                .transpose()
+        };
         let src = parse(&self.src_creds).map_err(ConfigError::SrcCreds)?;
         let dest = parse(&self.dest_creds).map_err(ConfigError::DestCreds)?;
         let docker = match self.authfile.clone().or_else(DockerConfig::default_path) {

@@ -436,15 +436,24 @@ impl Registry {
         let body = read_error_text(resp).await;
         let (code, message) = error_message(&body);
         match status {
-            StatusCode::UNAUTHORIZED => Error::Auth {
-                registry: self.host.clone(),
-                message: match self.known_challenge() {
-                    Some(_) => format!("the registry refused the credentials ({message})"),
-                    None => {
-                        format!("the registry asked for credentials it did not accept ({message})")
-                    }
-                },
-            },
+            StatusCode::UNAUTHORIZED => {
+                let anonymous = matches!(
+                    &self.creds,
+                    CredentialSource::Static(Credentials::Anonymous)
+                );
+                Error::Auth {
+                    registry: self.host.clone(),
+                    message: if anonymous {
+                        format!(
+                            "the registry needs credentials and none were found ({message}); \
+                             give them with --src-creds/--dest-creds, the registry settings file, \
+                             or a Docker config login"
+                        )
+                    } else {
+                        format!("the registry refused the credentials ({message})")
+                    },
+                }
+            }
             StatusCode::FORBIDDEN => Error::Denied {
                 registry: self.host.clone(),
                 message,

@@ -498,6 +498,11 @@ async fn bearer_token_registry_as_destination_and_source() {
     )
     .await;
     assert_eq!(r.destinations[0].outcome, Outcome::Failed);
+    let err = r.destinations[0].error.clone().unwrap();
+    assert!(
+        err.contains("needs credentials and none were found"),
+        "{err}"
+    );
 }
 
 #[tokio::test]
