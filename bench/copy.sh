@@ -8,14 +8,26 @@
 # and a single 1 GiB layer. Each tool copies into a fresh destination
 # repository each run, so nothing is skipped. Reported: median wall time,
 # median CPU time of the copying process (user+sys) and median peak RSS, from
-# /usr/bin/time -v. The ceiling streams each blob with curl from the source GET
+# /usr/bin/time -v. skopeo runs with an empty blob-info cache each time, so it
+# cannot mount blobs from the copies made before it. The ceiling streams each blob with curl from the source GET
 # into the destination POST+PUT, 8 at a time (blobs only, no manifests).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/mirrorfleet-target}"
 RUNS="${RUNS:-3}"
 WORK="$(mktemp -d)"
-trap 'rm -rf "$WORK"' EXIT
+# skopeo remembers where it has seen blobs and mounts them from earlier
+# copies; a cold comparison needs that cache empty before each skopeo run.
+# The user's cache is set aside and put back afterwards.
+SKOPEO_CACHE=/var/lib/containers/cache/blob-info-cache-v1.boltdb
+[[ "$(id -u)" == 0 ]] || SKOPEO_CACHE="$HOME/.local/share/containers/cache/blob-info-cache-v1.boltdb"
+[[ -f "$SKOPEO_CACHE" ]] && mv "$SKOPEO_CACHE" "$WORK/skopeo-cache.saved"
+restore() {
+    rm -f "$SKOPEO_CACHE"
+    [[ -f "$WORK/skopeo-cache.saved" ]] && mv "$WORK/skopeo-cache.saved" "$SKOPEO_CACHE"
+    rm -rf "$WORK"
+}
+trap restore EXIT
 
 scripts/stack.sh status >/dev/null 2>&1 || scripts/stack.sh up
 eval "$(scripts/stack.sh env)"
@@ -85,6 +97,7 @@ for image in multi big; do
         echo "run $i/$RUNS: $image" >&2
         measure "$image/mirrorfleet" "$BIN/mirrorfleet-worker" copy --plain-http "$MF_SRC,$MF_DST" --progress never \
             "$MF_SRC/bench/$image:v1" "$MF_DST/bench-mf-$i/$image:v1"
+        rm -f "$SKOPEO_CACHE"
         measure "$image/skopeo" skopeo copy --all --quiet --src-tls-verify=false --dest-tls-verify=false \
             "docker://$MF_SRC/bench/$image:v1" "docker://$MF_DST/bench-sk-$i/$image:v1"
         measure "$image/ceiling" bash -c "ceiling bench/$image bench-curl-$i/$image"

@@ -8,6 +8,7 @@ use clap::{Args, ValueEnum};
 
 use crate::auth::{Credentials, DockerConfig};
 use crate::copy::{CopyOptions, Engine};
+use crate::reference::Reference;
 use crate::registries::Registries;
 use crate::settings::Settings;
 
@@ -164,6 +165,57 @@ impl LogArgs {
                 .with_current_span(false)
                 .try_init(),
         };
+    }
+}
+
+/// A source image and its destinations, as both `copy` and `check` take them.
+#[derive(Debug, Clone, Args)]
+pub struct SourceDestArgs {
+    /// Source image (tag or digest); `golang:1.17` means docker.io/library/golang:1.17.
+    #[arg(env = "MIRRORFLEET_SOURCE")]
+    pub source: String,
+
+    /// Destination images, space- or comma-separated.
+    #[arg(env = "MIRRORFLEET_DEST", required = true, num_args = 1.., value_delimiter = ',')]
+    pub destinations: Vec<String>,
+}
+
+impl SourceDestArgs {
+    /// Parse and normalise; duplicates are dropped, an invalid one is an error naming it.
+    pub fn references(
+        &self,
+    ) -> Result<(Reference, Vec<Reference>), crate::reference::ReferenceError> {
+        let source: Reference = self.source.trim().parse()?;
+        let mut destinations = Vec::new();
+        for d in self
+            .destinations
+            .iter()
+            .map(|d| d.trim())
+            .filter(|d| !d.is_empty())
+        {
+            let r: Reference = d.parse()?;
+            if !destinations.contains(&r) {
+                destinations.push(r);
+            }
+        }
+        Ok((source, destinations))
+    }
+}
+
+/// Run a binary's async entry point on a multi-threaded runtime.
+pub fn run_async<F>(main: F) -> std::process::ExitCode
+where
+    F: std::future::Future<Output = std::process::ExitCode>,
+{
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt.block_on(main),
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            std::process::ExitCode::from(2)
+        }
     }
 }
 

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Args;
 use mirrorfleet_common::Reference;
-use mirrorfleet_common::cli::{OutputFormat, RegistryArgs, table};
+use mirrorfleet_common::cli::{OutputFormat, RegistryArgs, SourceDestArgs, table};
 use mirrorfleet_common::registries::Role;
 use serde::Serialize;
 
@@ -19,12 +19,8 @@ use serde::Serialize;
       127.0.0.1:5001/app:1 127.0.0.1:5002/app:1"
 )]
 pub struct CheckArgs {
-    /// Source image.
-    #[arg(env = "MIRRORFLEET_SOURCE")]
-    source: String,
-    /// Destination images, space- or comma-separated.
-    #[arg(env = "MIRRORFLEET_DEST", required = true, num_args = 1.., value_delimiter = ',')]
-    destinations: Vec<String>,
+    #[command(flatten)]
+    images: SourceDestArgs,
     #[command(flatten)]
     registry: RegistryArgs,
     /// Result format on stdout.
@@ -52,12 +48,7 @@ pub async fn main(args: CheckArgs) -> ExitCode {
 }
 
 async fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
-    let source: Reference = args.source.trim().parse().context("source")?;
-    let dests = args
-        .destinations
-        .iter()
-        .map(|d| d.trim().parse::<Reference>().context("destination"))
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    let (source, dests) = args.images.references()?;
     let engine = args.registry.engine().context("registry configuration")?;
     let registries = engine.registries();
 

@@ -35,17 +35,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     cli.log.init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    runtime.block_on(async move {
+    mirrorfleet_common::cli::run_async(async move {
         match cli.command {
             Command::Check(args) => check::main(args).await,
         }

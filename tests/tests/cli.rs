@@ -277,3 +277,64 @@ async fn ecr_destination_creates_repository_and_honours_immutable_tags() {
         a
     );
 }
+
+#[tokio::test]
+async fn docker_credential_helper_supplies_the_login() {
+    let stack = Stack::get();
+    let repo = unique("helper");
+    let digest = push_image(&stack, &repo, "v1").await;
+    // A credential helper that answers for the basic-auth registry, reading
+    // the host from stdin as the protocol says (never from argv).
+    let dir = std::env::temp_dir().join(unique("mf-helper"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (user, pass) = stack.basic_creds.split_once(':').unwrap();
+    let helper = dir.join("docker-credential-mftest");
+    std::fs::write(
+        &helper,
+        format!(
+            "#!/bin/sh\nread host\n[ \"$1\" = get ] && [ \"$host\" = \"{}\" ] || {{ echo 'credentials not found in native keychain'; exit 1; }}\n\
+             printf '{{\"ServerURL\":\"%s\",\"Username\":\"{user}\",\"Secret\":\"{pass}\"}}' \"$host\"\n",
+            stack.basic
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let config = dir.join("config.json");
+    std::fs::write(
+        &config,
+        json!({"credHelpers": {stack.basic.clone(): "mftest"}}).to_string(),
+    )
+    .unwrap();
+
+    let path = format!(
+        "{}:{}",
+        dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let plain = format!("{},{}", stack.src, stack.basic);
+    let dest = format!("{}/{repo}:v1", stack.basic);
+    let (code, out, err) = run_bin(
+        "mirrorfleet-worker",
+        &[
+            "copy",
+            "--plain-http",
+            &plain,
+            "--authfile",
+            config.to_str().unwrap(),
+            &format!("{}/{repo}:v1", stack.src),
+            &dest,
+        ],
+        &[("PATH", &path)],
+    );
+    assert_eq!(code, 0, "{out}\n{err}");
+    let sk = Skopeo {
+        creds: Some(stack.basic_creds.clone()),
+        ..Skopeo::plain()
+    };
+    assert_eq!(sk.digest(&dest).unwrap(), digest);
+    assert!(
+        !err.contains(pass) && !out.contains(pass),
+        "the password was printed"
+    );
+}

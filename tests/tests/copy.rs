@@ -418,14 +418,19 @@ async fn shared_base_layer_is_written_once_per_repository() {
     assert_eq!(puts, 1, "the base layer was uploaded {puts} times");
 }
 
-#[tokio::test]
-async fn basic_auth_registry_as_destination_and_source() {
-    let stack = Stack::get();
-    let repo = unique("basic");
+/// Push a two-platform index to the source and mirror it into the
+/// authenticated registry `host`; checks the digest there with skopeo.
+async fn mirror_into(
+    stack: &Stack,
+    host: &str,
+    creds: &str,
+    prefix: &str,
+) -> (Engine, String, String, String, Skopeo) {
+    let repo = unique(prefix);
     let p = Pusher::new(Target::plain(&stack.src)).unwrap();
     let digest = push_index(&p, &repo, "v1", false).await;
-    let dest = format!("{}/{repo}:v1", stack.basic);
-    let e = engine(with_creds(&stack, &stack.basic, &stack.basic_creds));
+    let dest = format!("{host}/{repo}:v1");
+    let e = engine(with_creds(stack, host, creds));
     let r = copy(
         &e,
         &format!("{}/{repo}:v1", stack.src),
@@ -434,10 +439,18 @@ async fn basic_auth_registry_as_destination_and_source() {
     .await;
     assert_ok(&r);
     let sk = Skopeo {
-        creds: Some(stack.basic_creds.clone()),
+        creds: Some(creds.to_string()),
         ..Skopeo::plain()
     };
     assert_eq!(sk.digest(&dest).unwrap(), digest);
+    (e, repo, dest, digest, sk)
+}
+
+#[tokio::test]
+async fn basic_auth_registry_as_destination_and_source() {
+    let stack = Stack::get();
+    let (e, repo, dest, digest, _) =
+        mirror_into(&stack, &stack.basic, &stack.basic_creds, "basic").await;
 
     // Back out of the authenticated registry.
     let back = format!("{}/{repo}-back:v1", stack.dst);
@@ -460,23 +473,8 @@ async fn basic_auth_registry_as_destination_and_source() {
 #[tokio::test]
 async fn bearer_token_registry_as_destination_and_source() {
     let stack = Stack::get();
-    let repo = unique("token");
-    let p = Pusher::new(Target::plain(&stack.src)).unwrap();
-    let digest = push_index(&p, &repo, "v1", false).await;
-    let dest = format!("{}/{repo}:v1", stack.token);
-    let e = engine(with_creds(&stack, &stack.token, &stack.token_creds));
-    let r = copy(
-        &e,
-        &format!("{}/{repo}:v1", stack.src),
-        std::slice::from_ref(&dest),
-    )
-    .await;
-    assert_ok(&r);
-    let sk = Skopeo {
-        creds: Some(stack.token_creds.clone()),
-        ..Skopeo::plain()
-    };
-    assert_eq!(sk.digest(&dest).unwrap(), digest);
+    let (e, repo, dest, digest, sk) =
+        mirror_into(&stack, &stack.token, &stack.token_creds, "token").await;
 
     // Same-registry copy inside the token registry: mount with a two-repository token.
     let other = format!("{}/{repo}-mounted:v1", stack.token);

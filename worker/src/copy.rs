@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, ValueEnum};
-use mirrorfleet_common::cli::{OutputFormat, RegistryArgs, human_bytes, table};
+use mirrorfleet_common::cli::{OutputFormat, RegistryArgs, SourceDestArgs, human_bytes, table};
 use mirrorfleet_common::copy::Progress;
 use mirrorfleet_common::{CopyReport, Outcome, Reference};
 use tokio_util::sync::CancellationToken;
@@ -29,13 +29,8 @@ use tokio_util::sync::CancellationToken;
       --parameters source=golang:1.17,dest=123456789012.dkr.ecr.us-east-1.amazonaws.com/golang:1.17"
 )]
 pub struct CopyArgs {
-    /// Source image (tag or digest); `golang:1.17` means docker.io/library/golang:1.17.
-    #[arg(env = "MIRRORFLEET_SOURCE")]
-    source: String,
-
-    /// Destination images, space- or comma-separated.
-    #[arg(env = "MIRRORFLEET_DEST", required = true, num_args = 1.., value_delimiter = ',')]
-    destinations: Vec<String>,
+    #[command(flatten)]
+    images: SourceDestArgs,
 
     #[command(flatten)]
     registry: RegistryArgs,
@@ -67,19 +62,7 @@ pub struct Config {
 
 impl CopyArgs {
     fn config(self) -> anyhow::Result<Config> {
-        let source: Reference = self.source.trim().parse().context("source")?;
-        let mut destinations = Vec::new();
-        for d in self
-            .destinations
-            .iter()
-            .map(|d| d.trim())
-            .filter(|d| !d.is_empty())
-        {
-            let r: Reference = d.parse().context("destination")?;
-            if !destinations.contains(&r) {
-                destinations.push(r);
-            }
-        }
+        let (source, destinations) = self.images.references()?;
         anyhow::ensure!(!destinations.is_empty(), "no destination given");
         let engine = self.registry.engine().context("registry configuration")?;
         let progress = match self.progress {
