@@ -246,11 +246,24 @@ impl Engine {
         destinations: &[Reference],
         cancel: &CancellationToken,
     ) -> CopyReport {
+        self.copy_with(source, destinations, None, cancel).await
+    }
+
+    /// [`Engine::copy`], with this copy's own overwrite rule (a mirror row's
+    /// `overwrite`) in place of the engine's.
+    pub async fn copy_with(
+        &self,
+        source: &Reference,
+        destinations: &[Reference],
+        overwrite: Option<bool>,
+        cancel: &CancellationToken,
+    ) -> CopyReport {
         let started = Instant::now();
         let mut dests: Vec<Dest> = destinations.iter().cloned().map(Dest::new).collect();
         let bytes_read = AtomicU64::new(0);
+        let overwrite = overwrite.unwrap_or(self.options.overwrite);
         let result = tokio::select! {
-            r = self.run(source, &mut dests, &bytes_read) => r,
+            r = self.run(source, &mut dests, &bytes_read, overwrite) => r,
             _ = cancel.cancelled() => Err(Error::Cancelled),
         };
         let source_digest = match result {
@@ -282,6 +295,7 @@ impl Engine {
         source: &Reference,
         dests: &mut [Dest],
         bytes_read: &AtomicU64,
+        overwrite: bool,
     ) -> Result<Digest> {
         let src = self.registries.get(source.registry(), Role::Source).await?;
         let src_digest = match source.digest() {
@@ -302,7 +316,7 @@ impl Engine {
         // `Send` for `tokio::spawn` (closure-made futures trip Send inference).
         let mut checks = Vec::with_capacity(dests.len());
         for d in dests.iter() {
-            checks.push(self.prepare(source, &d.reference, &src_digest));
+            checks.push(self.prepare(source, &d.reference, &src_digest, overwrite));
         }
         let prepared = futures_util::future::join_all(checks).await;
         for (d, p) in dests.iter_mut().zip(prepared) {
@@ -388,6 +402,7 @@ impl Engine {
         source: &Reference,
         dest: &Reference,
         src_digest: &Digest,
+        overwrite: bool,
     ) -> Result<(Arc<Registry>, bool)> {
         if dest.same_location(source) {
             return Err(Error::SameAsSource(dest.to_string()));
@@ -429,7 +444,7 @@ impl Engine {
             .await?;
         match head {
             Some(h) if &h.digest == src_digest => Ok((registry, true)),
-            Some(h) if immutable || !self.options.overwrite => Err(Error::OverwriteRefused {
+            Some(h) if immutable || !overwrite => Err(Error::OverwriteRefused {
                 dest: dest.to_string(),
                 existing: h.digest,
                 wanted: src_digest.clone(),

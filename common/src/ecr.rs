@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
 
-use aws_config::{BehaviorVersion, Region, SdkConfig};
+use aws_config::{Region, SdkConfig};
 use aws_sdk_ecr::types::{
     EncryptionConfiguration, EncryptionType, ImageScanningConfiguration, ImageTagMutability,
 };
@@ -126,15 +126,7 @@ impl Ecr {
         }
         // Region and credentials come from the standard AWS_* variables and
         // profiles; the SDK's own retry policy covers throttling.
-        let base = self
-            .base
-            .get_or_init(|| async {
-                aws_config::defaults(BehaviorVersion::latest())
-                    .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(5))
-                    .load()
-                    .await
-            })
-            .await;
+        let base = self.base.get_or_init(crate::aws::config).await;
         let mut builder =
             aws_sdk_ecr::config::Builder::from(base).region(Region::new(region.to_string()));
         if let Some(role) = role_arn {

@@ -18,18 +18,28 @@
 //! - [`error`]: the one error type, in words a mirror's owner can act on.
 
 pub mod auth;
+pub mod aws;
 pub mod cli;
 pub mod client;
+pub mod consume;
 pub mod copy;
 pub mod digest;
 pub mod ecr;
+pub mod enqueue;
 pub mod error;
+pub mod job;
 pub mod ledger;
 pub mod manifest;
+pub mod plan;
+pub mod queue;
 pub mod reference;
 pub mod registries;
 pub mod retry;
+pub mod scan;
 pub mod settings;
+pub mod shutdown;
+pub mod store;
+pub mod table;
 
 pub use copy::{CopyOptions, CopyReport, DestinationReport, Engine, Outcome};
 pub use error::{Error, Result};

@@ -1,16 +1,21 @@
 //! `mirrorfleet-controller`: decides what needs mirroring.
 //!
-//! For now it has `check`, which compares a source's digest with its
-//! destinations' using HEAD requests only (HEAD does not count against Docker
-//! Hub's pull limit). The table scan, planner and queue come with the control
-//! plane.
+//! - `run`: scan the mirror table, plan, enqueue jobs, start Batch workers.
+//! - `table`: add, remove, list, import, export mirrors; create the table.
+//! - `sync`: local mode, the whole pipeline in one process from a YAML file.
+//! - `check`: compare one source with its destinations (HEAD only).
 
 mod check;
+mod run;
+mod scale;
+mod sync;
+mod table_cmd;
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use mirrorfleet_common::cli::LogArgs;
+use mirrorfleet_common::shutdown;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -18,7 +23,7 @@ use mirrorfleet_common::cli::LogArgs;
     version,
     about = "Decide which mirrored images are out of date",
     after_help = "Every flag can also be set from the environment variable shown in its help.\n\n\
-Exit codes: 0 in sync; 1 out of sync or unreadable; 2 invalid usage or configuration."
+Exit codes: 0 success (in sync); 1 some mirror failed or differs; 2 invalid usage or configuration;\n130 interrupted."
 )]
 struct Cli {
     #[command(flatten)]
@@ -30,14 +35,21 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     Check(check::CheckArgs),
+    Run(run::RunArgs),
+    Table(table_cmd::TableArgs),
+    Sync(sync::SyncArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     cli.log.init();
     mirrorfleet_common::cli::run_async(async move {
+        let shutdown = shutdown::install();
         match cli.command {
             Command::Check(args) => check::main(args).await,
+            Command::Run(args) => run::main(args).await,
+            Command::Table(args) => table_cmd::main(args).await,
+            Command::Sync(args) => sync::main(args, shutdown).await,
         }
     })
 }

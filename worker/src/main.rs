@@ -3,13 +3,14 @@
 //! `main` only parses flags, installs logging and the shutdown signal, and
 //! hands a validated configuration to [`copy::run`].
 
+mod consume;
 mod copy;
-mod shutdown;
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use mirrorfleet_common::cli::LogArgs;
+use mirrorfleet_common::shutdown;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -30,6 +31,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     Copy(copy::CopyArgs),
+    Consume(consume::ConsumeArgs),
 }
 
 fn main() -> ExitCode {
@@ -39,6 +41,7 @@ fn main() -> ExitCode {
         let shutdown = shutdown::install();
         match cli.command {
             Command::Copy(args) => copy::main(args, shutdown).await,
+            Command::Consume(args) => consume::main(args, shutdown).await,
         }
     })
 }

@@ -1,0 +1,328 @@
+//! The worker loop: take jobs from the queue, copy, write each destination's
+//! outcome to the table, and delete the message only when every destination
+//! is synced.
+//!
+//! - Up to `concurrency` jobs run at once, each holding a semaphore permit.
+//! - While a copy runs its message's visibility is extended (heartbeat), so a
+//!   long copy is never delivered to a second worker at the same time.
+//! - A failed destination leaves the message to be redelivered; after the
+//!   queue's maximum receive count it goes to the dead-letter queue, and the
+//!   row says `failed` with the error.
+//! - A malformed message is logged with the reason and released at once, so it
+//!   reaches the dead-letter queue after its receives instead of looping.
+//! - On shutdown no new jobs are taken; copies in hand are cancelled and their
+//!   messages released (visibility 0) for another worker.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::copy::{Engine, Outcome};
+use crate::job::Job;
+use crate::queue::{Message, Queue};
+use crate::store::{Store, StoreError};
+use crate::table::{DestStatus, State, now_rfc3339};
+
+#[derive(Debug, Clone)]
+pub struct ConsumeOptions {
+    /// Jobs in flight at once.
+    pub concurrency: usize,
+    /// How long a received message stays invisible; extended by the heartbeat.
+    pub visibility: Duration,
+    /// Long-poll wait (SQS allows at most 20 s).
+    pub wait: Duration,
+    /// Stop after the queue has been empty (and nothing ran) this long.
+    pub exit_when_idle: Option<Duration>,
+    /// With `exit_when_idle`: also wait for messages in flight elsewhere to be
+    /// deleted or redelivered (local mode, where this process is every worker).
+    pub drain: bool,
+}
+
+impl Default for ConsumeOptions {
+    fn default() -> Self {
+        ConsumeOptions {
+            concurrency: 4,
+            visibility: Duration::from_secs(120),
+            wait: Duration::from_secs(20),
+            exit_when_idle: None,
+            drain: false,
+        }
+    }
+}
+
+/// What a consume run did.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct ConsumeSummary {
+    pub jobs: u64,
+    pub completed: u64,
+    pub failed: u64,
+    pub malformed: u64,
+    pub released: u64,
+    pub bytes_copied: u64,
+}
+
+/// How one job ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum JobEnd {
+    Completed,
+    Failed,
+    Malformed,
+    Released,
+}
+
+/// Consume until shutdown, or until idle for `exit_when_idle`.
+pub async fn run(
+    engine: Arc<Engine>,
+    queue: Arc<Queue>,
+    store: Arc<Store>,
+    opts: ConsumeOptions,
+    shutdown: CancellationToken,
+) -> ConsumeSummary {
+    let permits = Arc::new(Semaphore::new(opts.concurrency.max(1)));
+    let mut tasks: JoinSet<(JobEnd, u64)> = JoinSet::new();
+    let mut summary = ConsumeSummary::default();
+    let mut idle_since = Instant::now();
+    loop {
+        while let Some(done) = tasks.try_join_next() {
+            tally(&mut summary, done);
+            idle_since = Instant::now();
+        }
+        if shutdown.is_cancelled() {
+            break;
+        }
+        if let Some(limit) = opts.exit_when_idle
+            && tasks.is_empty()
+            && idle_since.elapsed() >= limit
+        {
+            let pending = if opts.drain {
+                queue.depth().await.map(|(v, f)| v + f).unwrap_or(0)
+            } else {
+                0
+            };
+            if pending == 0 {
+                tracing::info!(idle_seconds = limit.as_secs_f64(), "queue idle; exiting");
+                break;
+            }
+        }
+        // Wait for a free slot before taking messages, so none sit unworked.
+        let first = tokio::select! {
+            p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+            _ = shutdown.cancelled() => break,
+        };
+        let free = 1 + permits.available_permits();
+        let wait = match opts.exit_when_idle {
+            Some(limit) if tasks.is_empty() => opts.wait.min(
+                limit
+                    .saturating_sub(idle_since.elapsed())
+                    .max(Duration::from_secs(1)),
+            ),
+            _ => opts.wait,
+        };
+        let received = tokio::select! {
+            r = queue.receive(free.min(10), wait, opts.visibility) => r,
+            _ = shutdown.cancelled() => break,
+        };
+        let messages = match received {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot receive from the queue; retrying in 5 s");
+                drop(first);
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                continue;
+            }
+        };
+        if messages.is_empty() {
+            continue;
+        }
+        let mut first = Some(first);
+        for m in messages {
+            let permit = match first.take() {
+                Some(p) => p,
+                None => match permits.clone().acquire_owned().await {
+                    Ok(p) => p,
+                    Err(_) => break,
+                },
+            };
+            let (engine, queue, store, opts, cancel) = (
+                engine.clone(),
+                queue.clone(),
+                store.clone(),
+                opts.clone(),
+                shutdown.child_token(),
+            );
+            tasks.spawn(async move {
+                let _permit = permit;
+                handle(&engine, &queue, &store, &opts, m, &cancel).await
+            });
+        }
+    }
+    // Let jobs in hand finish their cancellation and release their messages.
+    while let Some(done) = tasks.join_next().await {
+        tally(&mut summary, done);
+    }
+    summary
+}
+
+fn tally(summary: &mut ConsumeSummary, done: Result<(JobEnd, u64), tokio::task::JoinError>) {
+    summary.jobs += 1;
+    match done {
+        Ok((end, bytes)) => {
+            summary.bytes_copied += bytes;
+            match end {
+                JobEnd::Completed => summary.completed += 1,
+                JobEnd::Failed => summary.failed += 1,
+                JobEnd::Malformed => summary.malformed += 1,
+                JobEnd::Released => summary.released += 1,
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "a job task ended abnormally");
+            summary.failed += 1;
+        }
+    }
+}
+
+async fn handle(
+    engine: &Engine,
+    queue: &Queue,
+    store: &Store,
+    opts: &ConsumeOptions,
+    m: Message,
+    cancel: &CancellationToken,
+) -> (JobEnd, u64) {
+    let job = match Job::parse(&m.body) {
+        Ok(j) => j,
+        Err(e) => {
+            tracing::error!(job_id = %m.id, receive_count = m.receive_count, reason = %e,
+                "malformed job; released for the dead-letter queue");
+            let _ = queue.set_visibility(&m, Duration::ZERO).await;
+            return (JobEnd::Malformed, 0);
+        }
+    };
+    let source_key = job.source.to_string();
+    let row = match store.get(&source_key).await {
+        Ok(Some(r)) => r,
+        Ok(None) => {
+            tracing::info!(job_id = %m.id, source = %source_key, "the row was deleted; dropping its job");
+            let _ = queue.delete(&m).await;
+            return (JobEnd::Completed, 0);
+        }
+        Err(e) => {
+            tracing::error!(job_id = %m.id, error = %e, "cannot read the table; the job will be retried");
+            return (JobEnd::Failed, 0);
+        }
+    };
+    let row = match row.row {
+        Ok(r) => r,
+        Err(reason) => {
+            tracing::error!(job_id = %m.id, source = %source_key, %reason, "the row is invalid; job released");
+            let _ = store.set_row_error(&source_key, Some(&reason)).await;
+            let _ = queue.set_visibility(&m, Duration::ZERO).await;
+            return (JobEnd::Malformed, 0);
+        }
+    };
+    // Destinations removed from the row since the job was queued are dropped.
+    let dests: Vec<_> = job
+        .destinations
+        .iter()
+        .filter(|d| row.mirror.destinations.contains(d))
+        .cloned()
+        .collect();
+    if dests.is_empty() {
+        tracing::info!(job_id = %m.id, source = %source_key, "no destination of this job is still in the row; dropping it");
+        let _ = queue.delete(&m).await;
+        return (JobEnd::Completed, 0);
+    }
+
+    let started = now_rfc3339();
+    for d in &dests {
+        let mut st = row.status.get(&d.to_string()).cloned().unwrap_or_default();
+        st.state = Some(State::Copying);
+        st.attempts += 1;
+        st.last_attempt = Some(started.clone());
+        write_status(store, &source_key, &d.to_string(), &st, &m.id).await;
+    }
+
+    // Heartbeat: keep the message invisible while the copy runs.
+    let copy = engine.copy_with(&job.source, &dests, row.mirror.overwrite, cancel);
+    tokio::pin!(copy);
+    let mut beat = tokio::time::interval(opts.visibility / 3);
+    beat.tick().await;
+    let report = loop {
+        tokio::select! {
+            r = &mut copy => break r,
+            _ = beat.tick() => {
+                if let Err(e) = queue.set_visibility(&m, opts.visibility).await {
+                    tracing::warn!(job_id = %m.id, error = %e, "heartbeat failed");
+                }
+            }
+        }
+    };
+
+    let mut bytes = 0;
+    let finished = now_rfc3339();
+    for d in &report.destinations {
+        let key = d.destination.clone();
+        let mut st = row.status.get(&key).cloned().unwrap_or_default();
+        st.attempts += 1;
+        st.last_attempt = Some(started.clone());
+        st.source_digest = report.source_digest.clone();
+        bytes += d.bytes_copied;
+        match d.outcome {
+            Outcome::Copied | Outcome::InSync => {
+                st.state = Some(State::Synced);
+                st.dest_digest = d.digest.clone();
+                st.last_success = Some(finished.clone());
+                st.bytes_copied = d.bytes_copied;
+                st.error = None;
+                tracing::info!(job_id = %m.id, source = %report.source, destination = %key,
+                    digest = %d.digest.as_ref().map(ToString::to_string).unwrap_or_default(),
+                    bytes = d.bytes_copied, "destination synced");
+            }
+            Outcome::Failed if cancel.is_cancelled() => {
+                // Shutting down: leave the status as it was before this attempt.
+                continue;
+            }
+            Outcome::Failed => {
+                st.state = Some(State::Failed);
+                st.error = d.error.clone();
+                tracing::error!(job_id = %m.id, source = %report.source, destination = %key,
+                    receive_count = m.receive_count, error = d.error.as_deref().unwrap_or(""), "destination failed");
+            }
+        }
+        write_status(store, &source_key, &key, &st, &m.id).await;
+    }
+    let _ = store.set_row_error(&source_key, None).await;
+
+    if report.all_synced() {
+        if let Err(e) = queue.delete(&m).await {
+            tracing::warn!(job_id = %m.id, error = %e, "cannot delete the finished job; it will be redelivered and found in sync");
+        }
+        (JobEnd::Completed, bytes)
+    } else if cancel.is_cancelled() {
+        let _ = queue.set_visibility(&m, Duration::ZERO).await;
+        tracing::info!(job_id = %m.id, "released for another worker");
+        (JobEnd::Released, bytes)
+    } else {
+        // Left invisible until its timeout: redelivered later, or dead-lettered.
+        (JobEnd::Failed, bytes)
+    }
+}
+
+async fn write_status(store: &Store, source: &str, dest: &str, st: &DestStatus, job_id: &str) {
+    match store.update_status(source, dest, st).await {
+        Ok(()) => {}
+        Err(StoreError::RowGone(_)) => {
+            tracing::info!(
+                job_id,
+                source,
+                "the row was deleted during the copy; status not written"
+            );
+        }
+        Err(e) => tracing::error!(job_id, source, dest, error = %e, "cannot write the status"),
+    }
+}

@@ -1,0 +1,248 @@
+//! The controller's decision, as a pure function: given a row, what HEAD said
+//! about its source and each destination, and the time, what to do.
+//!
+//! No I/O happens here, so every case is a unit test.
+
+use std::time::{Duration, SystemTime};
+
+use crate::digest::Digest;
+use crate::reference::Reference;
+use crate::table::{Row, State};
+
+/// What a HEAD request found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Probe {
+    Found(Digest),
+    Missing,
+    /// Unreachable, refused, or otherwise unreadable; the words say why.
+    Error(String),
+}
+
+/// The plan for one row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Plan {
+    /// `enabled: false`: nothing is checked or written.
+    Disabled,
+    /// The source cannot be read: the row's status says why; nothing is queued.
+    SourceProblem(String),
+    /// Per destination, what to do.
+    Act {
+        source_digest: Digest,
+        /// Destinations to copy, with the reason for each.
+        copy: Vec<(Reference, String)>,
+        /// Destinations already at the source digest whose status does not say so yet.
+        mark_synced: Vec<Reference>,
+        /// Destinations with a job already queued for this digest (not queued again).
+        pending: Vec<Reference>,
+    },
+}
+
+impl Plan {
+    pub fn copies(&self) -> &[(Reference, String)] {
+        match self {
+            Plan::Act { copy, .. } => copy,
+            _ => &[],
+        }
+    }
+}
+
+/// How long a `queued` or `copying` status holds off another job for the same
+/// digest: long enough for a backlog to drain, short enough that a lost job is
+/// retried on a later run.
+pub const DEFAULT_REQUEUE_AFTER: Duration = Duration::from_secs(3600);
+
+/// Decide what to do with `row`. `dests` has one probe per destination, in the
+/// row's order.
+pub fn plan(
+    row: &Row,
+    source: &Probe,
+    dests: &[Probe],
+    now: SystemTime,
+    requeue_after: Duration,
+) -> Plan {
+    if !row.mirror.enabled {
+        return Plan::Disabled;
+    }
+    let source_digest = match source {
+        Probe::Found(d) => d.clone(),
+        Probe::Missing => {
+            return Plan::SourceProblem(format!(
+                "source image {} was not found (check the tag exists)",
+                row.mirror.source
+            ));
+        }
+        Probe::Error(e) => return Plan::SourceProblem(format!("cannot read the source: {e}")),
+    };
+    let mut copy = Vec::new();
+    let mut mark_synced = Vec::new();
+    let mut pending = Vec::new();
+    for (dest, probe) in row.mirror.destinations.iter().zip(dests) {
+        let status = row.status.get(&dest.to_string());
+        let reason = match probe {
+            Probe::Found(d) if *d == source_digest => {
+                let recorded = status.is_some_and(|s| {
+                    s.state == Some(State::Synced) && s.dest_digest.as_ref() == Some(d)
+                });
+                if !recorded {
+                    mark_synced.push(dest.clone());
+                }
+                continue;
+            }
+            Probe::Found(d) => format!("destination holds {d}, source is {source_digest}"),
+            Probe::Missing => "destination missing".to_string(),
+            Probe::Error(e) => format!("destination unreadable ({e})"),
+        };
+        let in_flight = status.is_some_and(|s| {
+            matches!(s.state, Some(State::Queued) | Some(State::Copying))
+                && s.source_digest.as_ref() == Some(&source_digest)
+                && s.queued_at
+                    .as_deref()
+                    .and_then(|t| humantime::parse_rfc3339(t).ok())
+                    .is_some_and(|t| now.duration_since(t).unwrap_or_default() < requeue_after)
+        });
+        if in_flight {
+            pending.push(dest.clone());
+        } else {
+            copy.push((dest.clone(), reason));
+        }
+    }
+    Plan::Act {
+        source_digest,
+        copy,
+        mark_synced,
+        pending,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::table::{DestStatus, Mirror};
+
+    fn d(n: u8) -> Digest {
+        Digest::sha256_of(&[n])
+    }
+
+    fn row(dests: &[&str]) -> Row {
+        let dests: Vec<String> = dests.iter().map(|s| s.to_string()).collect();
+        Row {
+            mirror: Mirror::new("golang:1.17", &dests).unwrap(),
+            status: BTreeMap::new(),
+            error: None,
+        }
+    }
+
+    const A: &str = "a.example.com/golang:1.17";
+    const B: &str = "b.example.com/golang:1.17";
+
+    fn now() -> SystemTime {
+        humantime::parse_rfc3339("2026-11-22T12:00:00Z").unwrap()
+    }
+
+    fn run(r: &Row, src: Probe, dests: &[Probe]) -> Plan {
+        plan(r, &src, dests, now(), DEFAULT_REQUEUE_AFTER)
+    }
+
+    #[test]
+    fn in_sync_does_nothing_but_record() {
+        let mut r = row(&[A]);
+        let p = run(&r, Probe::Found(d(1)), &[Probe::Found(d(1))]);
+        assert!(p.copies().is_empty());
+        assert!(matches!(&p, Plan::Act { mark_synced, .. } if mark_synced.len() == 1));
+        // Once recorded as synced at that digest, nothing at all.
+        r.status.insert(
+            A.parse::<Reference>().unwrap().to_string(),
+            DestStatus {
+                state: Some(State::Synced),
+                dest_digest: Some(d(1)),
+                ..Default::default()
+            },
+        );
+        let p = run(&r, Probe::Found(d(1)), &[Probe::Found(d(1))]);
+        assert!(
+            matches!(&p, Plan::Act { copy, mark_synced, pending, .. } if copy.is_empty() && mark_synced.is_empty() && pending.is_empty())
+        );
+    }
+
+    #[test]
+    fn copies_only_the_destinations_that_differ() {
+        let r = row(&[A, B]);
+        let p = run(
+            &r,
+            Probe::Found(d(1)),
+            &[Probe::Found(d(1)), Probe::Found(d(2))],
+        );
+        let copies = p.copies();
+        assert_eq!(copies.len(), 1);
+        assert_eq!(copies[0].0.to_string(), B);
+        assert!(copies[0].1.contains("destination holds"));
+        let p = run(
+            &r,
+            Probe::Found(d(1)),
+            &[Probe::Missing, Probe::Error("refused".into())],
+        );
+        assert_eq!(p.copies().len(), 2);
+        assert_eq!(p.copies()[0].1, "destination missing");
+        assert!(p.copies()[1].1.contains("refused"));
+    }
+
+    #[test]
+    fn source_problems_are_reported_not_queued() {
+        let r = row(&[A]);
+        match run(&r, Probe::Missing, &[Probe::Missing]) {
+            Plan::SourceProblem(m) => assert!(m.contains("was not found"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        match run(
+            &r,
+            Probe::Error("connection refused".into()),
+            &[Probe::Missing],
+        ) {
+            Plan::SourceProblem(m) => assert!(m.contains("connection refused")),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn disabled_rows_are_left_alone() {
+        let mut r = row(&[A]);
+        r.mirror.enabled = false;
+        assert_eq!(run(&r, Probe::Missing, &[Probe::Missing]), Plan::Disabled);
+    }
+
+    #[test]
+    fn a_recent_job_for_the_same_digest_is_not_queued_twice() {
+        let mut r = row(&[A]);
+        let key = A.parse::<Reference>().unwrap().to_string();
+        r.status.insert(
+            key.clone(),
+            DestStatus {
+                state: Some(State::Queued),
+                source_digest: Some(d(1)),
+                queued_at: Some("2026-11-22T11:30:00Z".into()),
+                ..Default::default()
+            },
+        );
+        let p = run(&r, Probe::Found(d(1)), &[Probe::Missing]);
+        assert!(
+            matches!(&p, Plan::Act { copy, pending, .. } if copy.is_empty() && pending.len() == 1)
+        );
+        // A new source digest supersedes the queued job.
+        assert_eq!(
+            run(&r, Probe::Found(d(2)), &[Probe::Missing])
+                .copies()
+                .len(),
+            1
+        );
+        // A job queued long ago is presumed lost and queued again.
+        r.status.get_mut(&key).unwrap().queued_at = Some("2026-11-22T09:00:00Z".into());
+        assert_eq!(
+            run(&r, Probe::Found(d(1)), &[Probe::Missing])
+                .copies()
+                .len(),
+            1
+        );
+    }
+}

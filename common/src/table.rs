@@ -1,0 +1,384 @@
+//! The mirror table: one row per source image, its destinations, and the
+//! status of each destination.
+//!
+//! The same rows live in DynamoDB (see [`crate::store`]) and in a YAML file
+//! (local mode, `table import/export`):
+//!
+//! ```yaml
+//! mirrors:
+//!   - source: docker.io/library/golang:1.17
+//!     destinations:
+//!       - 123456789012.dkr.ecr.us-east-1.amazonaws.com/golang:1.17
+//!       - 123456789012.dkr.ecr.us-east-2.amazonaws.com/golang:1.17
+//!     overwrite: false     # optional: refuse to move a destination tag
+//!     enabled: true        # optional
+//! ```
+//!
+//! Rows are edited by hand, so parsing is forgiving where it can be (a list or
+//! one comma-separated string of destinations) and precise where it cannot
+//! (an unknown key is an error naming the key and its line).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::digest::Digest;
+use crate::reference::Reference;
+
+/// What a user asked for: a source and where to mirror it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mirror {
+    pub source: Reference,
+    pub destinations: Vec<Reference>,
+    pub enabled: bool,
+    /// `Some(false)` refuses to replace a destination tag holding another digest.
+    pub overwrite: Option<bool>,
+    /// Unix seconds after which DynamoDB's TTL may delete the row.
+    pub expires: Option<i64>,
+}
+
+/// A destination's state, as written back by the controller and workers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum State {
+    Queued,
+    Copying,
+    Synced,
+    Failed,
+}
+
+impl State {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Queued => "queued",
+            State::Copying => "copying",
+            State::Synced => "synced",
+            State::Failed => "failed",
+        }
+    }
+}
+
+/// The status of one destination of a row.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct DestStatus {
+    pub state: Option<State>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_digest: Option<Digest>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dest_digest: Option<Digest>,
+    /// RFC 3339 times.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_attempt: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_success: Option<String>,
+    /// When the controller last enqueued a job for this destination.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queued_at: Option<String>,
+    #[serde(default)]
+    pub bytes_copied: u64,
+    #[serde(default)]
+    pub attempts: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// A row as stored: the mirror, plus status per destination (keyed by the
+/// destination's normalised reference) and a row-level error (for problems
+/// such as an unreadable source).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Row {
+    pub mirror: Mirror,
+    pub status: BTreeMap<String, DestStatus>,
+    pub error: Option<String>,
+}
+
+/// A row as read from the table: the raw key and either the row or why it
+/// cannot be used. Bad rows are reported on themselves; they never stop a scan.
+#[derive(Debug, Clone)]
+pub struct ScannedRow {
+    pub key: String,
+    pub row: Result<Row, String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TableError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: String, message: String },
+}
+
+impl Mirror {
+    /// Validate and normalise a mirror from its raw parts.
+    pub fn new(source: &str, destinations: &[String]) -> Result<Mirror, String> {
+        let source: Reference = source
+            .trim()
+            .parse()
+            .map_err(|e: crate::reference::ReferenceError| e.to_string())?;
+        let mut dests: Vec<Reference> = Vec::new();
+        for d in destinations
+            .iter()
+            .flat_map(|d| d.split(','))
+            .map(str::trim)
+            .filter(|d| !d.is_empty())
+        {
+            let r: Reference = d
+                .parse()
+                .map_err(|e: crate::reference::ReferenceError| format!("destination: {e}"))?;
+            if r.same_location(&source) {
+                return Err(format!("destination {r} is the source itself"));
+            }
+            if dests.contains(&r) {
+                return Err(format!("destination {r} is listed twice"));
+            }
+            dests.push(r);
+        }
+        if dests.is_empty() {
+            return Err(format!("mirror {source} has no destinations"));
+        }
+        Ok(Mirror {
+            source,
+            destinations: dests,
+            enabled: true,
+            overwrite: None,
+            expires: None,
+        })
+    }
+}
+
+/// The YAML file form.
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MirrorFile {
+    #[serde(default)]
+    pub mirrors: Vec<FileRow>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileRow {
+    pub source: String,
+    pub destinations: Destinations,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overwrite: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires: Option<i64>,
+}
+
+/// A list, or one comma-separated string, as people write them.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Destinations {
+    List(Vec<String>),
+    One(String),
+}
+
+impl Destinations {
+    pub fn to_vec(&self) -> Vec<String> {
+        match self {
+            Destinations::List(v) => v.clone(),
+            Destinations::One(s) => vec![s.clone()],
+        }
+    }
+}
+
+impl MirrorFile {
+    /// Parse YAML; each invalid row is an error naming its position and source.
+    pub fn parse(text: &str, path: &str) -> Result<Vec<Mirror>, TableError> {
+        let file: MirrorFile = serde_norway::from_str(text).map_err(|e| TableError::Parse {
+            path: path.to_string(),
+            message: e.to_string(),
+        })?;
+        let mut out: Vec<Mirror> = Vec::new();
+        for (i, row) in file.mirrors.iter().enumerate() {
+            let mut m = Mirror::new(&row.source, &row.destinations.to_vec()).map_err(|e| {
+                TableError::Parse {
+                    path: path.to_string(),
+                    message: format!("mirror {} ({}): {e}", i + 1, row.source),
+                }
+            })?;
+            if out.iter().any(|o| o.source == m.source) {
+                return Err(TableError::Parse {
+                    path: path.to_string(),
+                    message: format!(
+                        "mirror {} ({}): the source is listed twice",
+                        i + 1,
+                        m.source
+                    ),
+                });
+            }
+            m.enabled = row.enabled.unwrap_or(true);
+            m.overwrite = row.overwrite;
+            m.expires = row.expires;
+            out.push(m);
+        }
+        Ok(out)
+    }
+
+    pub fn load(path: &Path) -> Result<Vec<Mirror>, TableError> {
+        let text = std::fs::read_to_string(path).map_err(|source| TableError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        MirrorFile::parse(&text, &path.display().to_string())
+    }
+
+    pub fn render(mirrors: &[Mirror]) -> String {
+        let file = MirrorFile {
+            mirrors: mirrors
+                .iter()
+                .map(|m| FileRow {
+                    source: m.source.to_string(),
+                    destinations: Destinations::List(
+                        m.destinations.iter().map(ToString::to_string).collect(),
+                    ),
+                    enabled: (!m.enabled).then_some(false),
+                    overwrite: m.overwrite,
+                    expires: m.expires,
+                })
+                .collect(),
+        };
+        serde_norway::to_string(&file).unwrap_or_default()
+    }
+}
+
+/// CSV form for import/export: `source,destination[,destination...]` per line,
+/// `#` comments allowed.
+pub fn parse_csv(text: &str) -> Result<Vec<Mirror>, TableError> {
+    let mut out: Vec<Mirror> = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let mut cells = line.split(',').map(|c| c.trim().trim_matches('"'));
+        let source = cells.next().unwrap_or_default();
+        if n == 0 && source.eq_ignore_ascii_case("source") {
+            continue;
+        }
+        let dests: Vec<String> = cells.map(str::to_string).collect();
+        let m = Mirror::new(source, &dests)
+            .map_err(|e| TableError::Invalid(format!("line {}: {e}", n + 1)))?;
+        if out.iter().any(|o| o.source == m.source) {
+            return Err(TableError::Invalid(format!(
+                "line {}: the source {} is listed twice",
+                n + 1,
+                m.source
+            )));
+        }
+        out.push(m);
+    }
+    Ok(out)
+}
+
+pub fn render_csv(mirrors: &[Mirror]) -> String {
+    let mut s = String::from("source,destinations\n");
+    for m in mirrors {
+        s.push_str(&m.source.to_string());
+        for d in &m.destinations {
+            s.push(',');
+            s.push_str(&d.to_string());
+        }
+        s.push('\n');
+    }
+    s
+}
+
+/// Now as RFC 3339 with seconds, UTC.
+pub fn now_rfc3339() -> String {
+    humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_yaml_with_both_destination_forms() {
+        let text = "mirrors:\n  - source: golang:1.17\n    destinations:\n      - 127.0.0.1:5002/golang:1.17\n      - 127.0.0.1:5003/golang:1.17\n  - source: quay.io/a/b:1\n    destinations: 'r.example.com/b:1, s.example.com/b:1'\n    overwrite: false\n";
+        let m = MirrorFile::parse(text, "m.yaml").unwrap();
+        assert_eq!(m.len(), 2);
+        assert_eq!(m[0].source.to_string(), "docker.io/library/golang:1.17");
+        assert_eq!(m[1].destinations.len(), 2);
+        assert_eq!(m[1].overwrite, Some(false));
+        let again = MirrorFile::parse(&MirrorFile::render(&m), "x").unwrap();
+        assert_eq!(again, m);
+    }
+
+    #[test]
+    fn unknown_keys_name_the_key_and_line() {
+        let text = "mirrors:\n  - source: golang:1.17\n    destinations: [a.example.com/g:1]\n    overwrte: false\n";
+        let err = MirrorFile::parse(text, "m.yaml").unwrap_err().to_string();
+        assert!(err.contains("overwrte") && err.contains("line 4"), "{err}");
+    }
+
+    #[test]
+    fn invalid_rows_say_why() {
+        let cases = [
+            (
+                "mirrors:\n  - source: Bad\n    destinations: [a.example.com/x:1]\n",
+                "lowercase",
+            ),
+            (
+                "mirrors:\n  - source: golang:1\n    destinations: []\n",
+                "no destinations",
+            ),
+            (
+                "mirrors:\n  - source: golang:1\n    destinations: ''\n",
+                "no destinations",
+            ),
+            (
+                "mirrors:\n  - source: golang:1\n    destinations: [golang:1]\n",
+                "the source itself",
+            ),
+            (
+                "mirrors:\n  - source: golang:1\n    destinations: [a.example.com/g:1, a.example.com/g:1]\n",
+                "listed twice",
+            ),
+            (
+                "mirrors:\n  - source: golang:1\n    destinations: [a.example.com/g:1]\n  - source: docker.io/library/golang:1\n    destinations: [b.example.com/g:1]\n",
+                "listed twice",
+            ),
+            (
+                "mirrors:\n  - source: golang:1\n    destinations: [a.example.com/G:1]\n",
+                "destination",
+            ),
+            (
+                "mirrors:\n  - destinations: [a.example.com/g:1]\n",
+                "source",
+            ),
+            ("mirrors: {}\n", "mirrors"),
+        ];
+        for (text, want) in cases {
+            let err = MirrorFile::parse(text, "m.yaml").unwrap_err().to_string();
+            assert!(err.contains(want), "{text:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn csv_round_trip() {
+        let m = parse_csv("source,destinations\n# comment\ngolang:1.17,a.example.com/g:1.17,b.example.com/g:1.17\n\n").unwrap();
+        assert_eq!(m.len(), 1);
+        assert_eq!(m[0].destinations.len(), 2);
+        assert_eq!(parse_csv(&render_csv(&m)).unwrap(), m);
+        assert!(
+            parse_csv("golang:1\n")
+                .unwrap_err()
+                .to_string()
+                .contains("line 1")
+        );
+    }
+}

@@ -1,0 +1,227 @@
+//! `mirrorfleet-controller run`: scan → plan → enqueue → scale.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Args;
+use mirrorfleet_common::cli::{OutputFormat, RegistryArgs, table};
+use mirrorfleet_common::enqueue::{self, RunSummary};
+use mirrorfleet_common::plan::{DEFAULT_REQUEUE_AFTER, Plan};
+use mirrorfleet_common::queue::{Queue, SqsQueue};
+use mirrorfleet_common::scan::{self, EventFilter, RowPlan};
+use mirrorfleet_common::store::{DynamoStore, Store};
+
+use crate::scale::{self, ScaleArgs};
+
+#[derive(Debug, Args)]
+#[command(
+    about = "Scan the mirror table, queue a job for every row that differs, and start workers",
+    after_help = "Examples:\n  \
+  # What would be copied? (changes nothing)\n  \
+  mirrorfleet-controller run --table mirrors --queue-url $QUEUE_URL --dry-run\n\n  \
+  # Scheduled run: enqueue and start up to 20 Batch workers\n  \
+  mirrorfleet-controller run --table mirrors --queue-url $QUEUE_URL \\\n      \
+      --batch-job-queue mirrorfleet --batch-job-definition mirrorfleet-worker --max-workers 20\n\n  \
+  # ECR push event (EventBridge passes the repository and tag)\n  \
+  mirrorfleet-controller run --table mirrors --queue-url $QUEUE_URL --repository golang --tag 1.17"
+)]
+pub struct RunArgs {
+    /// The mirror table (DynamoDB).
+    #[arg(long, env = "MIRRORFLEET_TABLE")]
+    table: String,
+    /// The job queue (SQS URL).
+    #[arg(long, env = "MIRRORFLEET_QUEUE_URL")]
+    queue_url: String,
+    /// Parallel scan segments.
+    #[arg(long, env = "MIRRORFLEET_SEGMENTS", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=64))]
+    segments: u32,
+    /// Rows checked at once (each one HEADs its source and destinations).
+    #[arg(long, env = "MIRRORFLEET_PROBE_CONCURRENCY", default_value_t = 16)]
+    probe_concurrency: usize,
+    /// Print the plan and change nothing (no table writes, no messages, no workers).
+    #[arg(long, env = "MIRRORFLEET_DRY_RUN")]
+    dry_run: bool,
+    /// An EventBridge ECR push event (file, or - for stdin): plan only rows whose source is that image.
+    #[arg(long, env = "MIRRORFLEET_EVENT", value_name = "FILE|-", conflicts_with_all = ["repository", "tag"])]
+    event: Option<String>,
+    /// With --tag: plan only rows whose source is this repository and tag.
+    #[arg(long, env = "MIRRORFLEET_EVENT_REPOSITORY", requires = "tag")]
+    repository: Option<String>,
+    #[arg(long, env = "MIRRORFLEET_EVENT_TAG", requires = "repository")]
+    tag: Option<String>,
+    /// With --repository/--tag: only sources on this registry host.
+    #[arg(long, env = "MIRRORFLEET_EVENT_REGISTRY", requires = "repository")]
+    registry_host: Option<String>,
+    #[command(flatten)]
+    scale: ScaleArgs,
+    #[command(flatten)]
+    registry: RegistryArgs,
+    /// Result format on stdout.
+    #[arg(long, env = "MIRRORFLEET_OUTPUT", value_enum, default_value_t = OutputFormat::Text)]
+    output: OutputFormat,
+}
+
+pub async fn main(args: RunArgs) -> ExitCode {
+    match run(args).await {
+        Ok(code) => code,
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "controller run failed");
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn event_filter(args: &RunArgs) -> anyhow::Result<Option<EventFilter>> {
+    if let Some(src) = &args.event {
+        let text = if src == "-" {
+            std::io::read_to_string(std::io::stdin()).context("reading the event from stdin")?
+        } else {
+            std::fs::read_to_string(src).with_context(|| format!("reading the event file {src}"))?
+        };
+        return Ok(Some(
+            EventFilter::from_event_json(&text).map_err(anyhow::Error::msg)?,
+        ));
+    }
+    Ok(match (&args.repository, &args.tag) {
+        (Some(r), Some(t)) => Some(EventFilter {
+            registry: args.registry_host.clone(),
+            repository: r.clone(),
+            tag: t.clone(),
+        }),
+        _ => None,
+    })
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let started = Instant::now();
+    let filter = event_filter(&args)?;
+    let engine = Arc::new(args.registry.engine().context("registry configuration")?);
+    let store = Store::Dynamo(DynamoStore::new(&args.table).await);
+    let queue = Queue::Sqs(SqsQueue::new(&args.queue_url).await);
+    let plans = scan::scan(
+        &store,
+        &engine,
+        args.segments,
+        filter.as_ref(),
+        args.probe_concurrency,
+        DEFAULT_REQUEUE_AFTER,
+    )
+    .await
+    .context("scanning the table")?;
+    let mut summary = enqueue::apply(&store, Some(&queue), &plans, args.dry_run, started)
+        .await
+        .context("enqueueing")?;
+    if args.dry_run {
+        print_plan(&plans, args.output)?;
+    }
+    let scaled = if args.dry_run {
+        None
+    } else {
+        scale::scale(&args.scale, &queue)
+            .await
+            .context("starting workers")?
+    };
+    summary.seconds = started.elapsed().as_secs_f64();
+    report(&summary, scaled, args.output, !args.dry_run)?;
+    Ok(if summary.rows_failed > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+pub fn report(
+    summary: &RunSummary,
+    scaled: Option<u64>,
+    output: OutputFormat,
+    print_json: bool,
+) -> anyhow::Result<()> {
+    tracing::info!(
+        rows_scanned = summary.rows_scanned,
+        in_sync = summary.in_sync,
+        jobs_enqueued = summary.jobs_enqueued,
+        destinations_queued = summary.destinations_queued,
+        already_queued = summary.already_queued,
+        rows_failed = summary.rows_failed,
+        workers_started = scaled.unwrap_or(0),
+        seconds = summary.seconds,
+        "controller run finished"
+    );
+    if output == OutputFormat::Json && print_json {
+        let mut v = serde_json::to_value(summary)?;
+        v["workers_started"] = serde_json::json!(scaled.unwrap_or(0));
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    }
+    Ok(())
+}
+
+pub fn print_plan(plans: &[RowPlan], output: OutputFormat) -> anyhow::Result<()> {
+    let mut rows = Vec::new();
+    for rp in plans {
+        match &rp.plan {
+            Err(reason) => rows.push(vec![
+                rp.key.clone(),
+                "-".into(),
+                "invalid row".into(),
+                reason.clone(),
+            ]),
+            Ok(Plan::Disabled) => rows.push(vec![
+                rp.key.clone(),
+                "-".into(),
+                "disabled".into(),
+                String::new(),
+            ]),
+            Ok(Plan::SourceProblem(r)) => rows.push(vec![
+                rp.key.clone(),
+                "-".into(),
+                "source problem".into(),
+                r.clone(),
+            ]),
+            Ok(Plan::Act {
+                copy,
+                mark_synced,
+                pending,
+                ..
+            }) => {
+                let row = rp.row.as_ref();
+                for d in row
+                    .map(|r| r.mirror.destinations.as_slice())
+                    .unwrap_or_default()
+                {
+                    let (action, why) = if let Some((_, why)) = copy.iter().find(|(c, _)| c == d) {
+                        ("copy", why.clone())
+                    } else if pending.contains(d) {
+                        ("already queued", String::new())
+                    } else if mark_synced.contains(d) {
+                        ("in sync (record)", String::new())
+                    } else {
+                        ("in sync", String::new())
+                    };
+                    rows.push(vec![rp.key.clone(), d.to_string(), action.into(), why]);
+                }
+            }
+        }
+    }
+    match output {
+        OutputFormat::Json => {
+            let v: Vec<_> = rows
+                .iter()
+                .map(|r| serde_json::json!({"source": r[0], "destination": r[1], "action": r[2], "reason": r[3]}))
+                .collect();
+            println!("{}", serde_json::to_string_pretty(&v)?);
+        }
+        OutputFormat::Text => print!(
+            "{}",
+            table(&["SOURCE", "DESTINATION", "ACTION", "REASON"], &rows)
+        ),
+    }
+    Ok(())
+}
+
+/// Parse `30s`, `5m`, `1h`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e}"))
+}

@@ -1,0 +1,146 @@
+//! `mirrorfleet-controller sync mirrors.yaml`: local mode. The same planner
+//! and copy engine with no AWS: mirrors from a YAML file, an in-process
+//! queue and workers, and status in `mirrors.yaml.state.json` next to it, so
+//! a second run is incremental.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Args;
+use mirrorfleet_common::cli::{OutputFormat, RegistryArgs};
+use mirrorfleet_common::consume::{self, ConsumeOptions};
+use mirrorfleet_common::enqueue;
+use mirrorfleet_common::plan::DEFAULT_REQUEUE_AFTER;
+use mirrorfleet_common::queue::{MemoryQueue, Queue};
+use mirrorfleet_common::scan;
+use mirrorfleet_common::store::{FileStore, Store};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Args)]
+#[command(
+    about = "Mirror everything in a YAML file, locally, with no AWS (status kept next to the file)",
+    after_help = "Examples:\n  \
+  mirrorfleet-controller sync mirrors.yaml\n  \
+  mirrorfleet-controller sync --plain-http 127.0.0.1:5001,127.0.0.1:5002 mirrors.yaml\n  \
+  mirrorfleet-controller sync --watch 10m mirrors.yaml     # repeat every 10 minutes\n\n\
+The file:\n  \
+  mirrors:\n    \
+    - source: docker.io/library/golang:1.17\n      \
+      destinations:\n        \
+        - 123456789012.dkr.ecr.us-east-1.amazonaws.com/golang:1.17"
+)]
+pub struct SyncArgs {
+    /// The mirror list (YAML).
+    #[arg(env = "MIRRORFLEET_MIRRORS")]
+    file: PathBuf,
+    /// Images copied at once.
+    #[arg(long, env = "MIRRORFLEET_WORKERS", default_value_t = 4)]
+    workers: usize,
+    /// Attempts per image before it is given up for this run.
+    #[arg(long, env = "MIRRORFLEET_MAX_ATTEMPTS", default_value_t = 3)]
+    max_attempts: u32,
+    /// Repeat every INTERVAL (e.g. 10m) until interrupted.
+    #[arg(long, env = "MIRRORFLEET_WATCH", value_parser = crate::run::parse_duration)]
+    watch: Option<Duration>,
+    #[command(flatten)]
+    registry: RegistryArgs,
+    /// Result format on stdout.
+    #[arg(long, env = "MIRRORFLEET_OUTPUT", value_enum, default_value_t = OutputFormat::Text)]
+    output: OutputFormat,
+}
+
+pub async fn main(args: SyncArgs, shutdown: CancellationToken) -> ExitCode {
+    match run(args, shutdown).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn run(args: SyncArgs, shutdown: CancellationToken) -> anyhow::Result<ExitCode> {
+    let engine = Arc::new(args.registry.engine().context("registry configuration")?);
+    loop {
+        let code = once(&args, &engine, &shutdown).await?;
+        let Some(every) = args.watch else {
+            return Ok(code);
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = shutdown.cancelled() => return Ok(ExitCode::from(130)),
+        }
+    }
+}
+
+async fn once(
+    args: &SyncArgs,
+    engine: &Arc<mirrorfleet_common::Engine>,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<ExitCode> {
+    let started = Instant::now();
+    // Re-read the file each round so edits are picked up under --watch.
+    let store = Arc::new(Store::File(FileStore::open(&args.file)?));
+    let queue = Arc::new(Queue::Memory(MemoryQueue::new(args.max_attempts)));
+    let plans = scan::scan(&store, engine, 1, None, 16, DEFAULT_REQUEUE_AFTER).await?;
+    let summary = enqueue::apply(&store, Some(&queue), &plans, false, started).await?;
+    let opts = ConsumeOptions {
+        concurrency: args.workers.max(1),
+        // A failed job comes back quickly in local mode; nothing else waits for it.
+        visibility: Duration::from_secs(2),
+        wait: Duration::from_millis(200),
+        exit_when_idle: Some(Duration::from_millis(500)),
+        drain: true,
+    };
+    // Nothing queued (everything in sync): no workers to start or wait for.
+    let consumed = if summary.jobs_enqueued == 0 {
+        consume::ConsumeSummary::default()
+    } else {
+        consume::run(
+            engine.clone(),
+            queue.clone(),
+            store.clone(),
+            opts,
+            shutdown.clone(),
+        )
+        .await
+    };
+    let rows = store.scan(1).await?;
+    match args.output {
+        OutputFormat::Text => crate::table_cmd::list(&rows, OutputFormat::Text)?,
+        OutputFormat::Json => {
+            let v = serde_json::json!({"plan": summary, "workers": consumed});
+            println!("{}", serde_json::to_string_pretty(&v)?);
+        }
+    }
+    let failed = rows.iter().any(|r| match &r.row {
+        Err(_) => true,
+        Ok(row) => {
+            row.error.is_some()
+                || (row.mirror.enabled
+                    && row.mirror.destinations.iter().any(|d| {
+                        row.status.get(&d.to_string()).and_then(|s| s.state)
+                            != Some(mirrorfleet_common::table::State::Synced)
+                    }))
+        }
+    });
+    tracing::info!(
+        rows = summary.rows_scanned,
+        jobs = summary.jobs_enqueued,
+        completed = consumed.completed,
+        failed = consumed.failed,
+        bytes = consumed.bytes_copied,
+        seconds = started.elapsed().as_secs_f64(),
+        "sync finished"
+    );
+    Ok(if shutdown.is_cancelled() {
+        ExitCode::from(130)
+    } else if failed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}

@@ -1,0 +1,473 @@
+//! The control plane end to end: rows → controller → queue → worker →
+//! images at the destinations → status in the table. Against moto (DynamoDB,
+//! SQS, Batch) and the local registries; local mode against a YAML file.
+
+// Test code: a panic is how a check fails.
+#![allow(clippy::unwrap_used)]
+
+use mirrorfleet_tests::*;
+use serde_json::{Value, json};
+
+async fn push_image(stack: &Stack, repo: &str, tag: &str) -> String {
+    let p = Pusher::new(Target::plain(&stack.src)).unwrap();
+    let amd = p
+        .image(repo, false, ("linux", "amd64"), &[2000], json!({}))
+        .await
+        .unwrap();
+    let arm = p
+        .image(repo, false, ("linux", "arm64"), &[2000], json!({}))
+        .await
+        .unwrap();
+    p.index(repo, tag, false, vec![amd, arm], json!({}))
+        .await
+        .unwrap()
+}
+
+/// Environment for the binaries: moto, and plain HTTP for the local registries.
+fn env(stack: &Stack, table: &str, queue: &str) -> Vec<(String, String)> {
+    let mut v: Vec<(String, String)> = moto_env(stack)
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+    v.push(("MIRRORFLEET_TABLE".into(), table.into()));
+    v.push(("MIRRORFLEET_QUEUE_URL".into(), queue.into()));
+    v.push((
+        "MIRRORFLEET_PLAIN_HTTP".into(),
+        format!("{},{},{}", stack.src, stack.dst, stack.basic),
+    ));
+    v
+}
+
+fn run(bin: &str, args: &[&str], env: &[(String, String)]) -> (i32, String, String) {
+    let e: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    run_bin(bin, args, &e)
+}
+
+/// `table add SOURCE DESTS`, which must succeed.
+fn add_row(env: &[(String, String)], source: &str, dests: &str) {
+    let (code, out, err) = run(
+        "mirrorfleet-controller",
+        &["table", "add", source, dests],
+        env,
+    );
+    assert_eq!(code, 0, "{out}{err}");
+}
+
+fn table_json(env: &[(String, String)]) -> Vec<Value> {
+    let (code, out, err) = run(
+        "mirrorfleet-controller",
+        &["table", "ls", "--output", "json"],
+        env,
+    );
+    assert_eq!(code, 0, "{err}");
+    serde_json::from_str(&out).unwrap()
+}
+
+fn state_of(rows: &[Value], dest: &str) -> (String, Value) {
+    let r = rows
+        .iter()
+        .find(|r| r["destination"] == dest)
+        .unwrap_or_else(|| panic!("{dest} not in {rows:#?}"));
+    (
+        r["state"].as_str().unwrap_or_default().to_string(),
+        r["status"].clone(),
+    )
+}
+
+/// A fresh table and queue (with DLQ after 3 receives) in moto.
+async fn setup(stack: &Stack, name: &str) -> (Vec<(String, String)>, String, String) {
+    let table = unique(name);
+    let (queue, dlq) = moto_queue_with_dlq(stack, &unique(name), 3).await;
+    let env = env(stack, &table, &queue);
+    let (code, out, err) = run("mirrorfleet-controller", &["table", "create"], &env);
+    assert_eq!(code, 0, "{out}{err}");
+    (env, queue, dlq)
+}
+
+#[tokio::test]
+async fn table_to_queue_to_worker_to_synced_and_a_second_run_enqueues_nothing() {
+    let stack = Stack::get();
+    let (env, queue, _) = setup(&stack, "e2e").await;
+    let repo = unique("e2e-src");
+    let d1 = push_image(&stack, &repo, "v1").await;
+    let d2 = push_image(&stack, &repo, "v2").await;
+    let src1 = format!("{}/{repo}:v1", stack.src);
+    let src2 = format!("{}/{repo}:v2", stack.src);
+    let dest1a = format!("{}/{repo}-a:v1", stack.dst);
+    let dest1b = format!("{}/{repo}-b:v1", stack.dst);
+    let dest2 = format!("{}/{repo}-a:v2", stack.dst);
+    for (s, d) in [
+        (&src1, format!("{dest1a},{dest1b}")),
+        (&src2, dest2.clone()),
+    ] {
+        let (code, out, err) = run("mirrorfleet-controller", &["table", "add", s, &d], &env);
+        assert_eq!(code, 0, "{out}{err}");
+    }
+    // Validation happens before writing.
+    let (code, _, err) = run(
+        "mirrorfleet-controller",
+        &["table", "add", "Bad:Ref", &dest2],
+        &env,
+    );
+    assert_eq!(code, 1);
+    assert!(err.contains("invalid image reference"), "{err}");
+
+    let (code, out, err) = run(
+        "mirrorfleet-controller",
+        &["run", "--output", "json", "--segments", "3"],
+        &env,
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let s: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(s["rows_scanned"], 2);
+    assert_eq!(s["jobs_enqueued"], 2);
+    assert_eq!(s["destinations_queued"], 3);
+    assert_eq!(queue_depth(&stack, &queue).await, 2);
+    assert_eq!(state_of(&table_json(&env), &dest1a).0, "queued");
+
+    let (code, out, err) = run(
+        "mirrorfleet-worker",
+        &[
+            "consume",
+            "--exit-when-idle",
+            "2s",
+            "--wait",
+            "1s",
+            "--output",
+            "json",
+        ],
+        &env,
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let w: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(w["completed"], 2, "{w}");
+    assert_eq!(queue_depth(&stack, &queue).await, 0);
+
+    let sk = Skopeo::plain();
+    assert_eq!(sk.digest(&dest1a).unwrap(), d1);
+    assert_eq!(sk.digest(&dest1b).unwrap(), d1);
+    assert_eq!(sk.digest(&dest2).unwrap(), d2);
+    let rows = table_json(&env);
+    for (dest, digest) in [(&dest1a, &d1), (&dest1b, &d1), (&dest2, &d2)] {
+        let (state, st) = state_of(&rows, dest);
+        assert_eq!(state, "synced", "{st}");
+        assert_eq!(st["dest_digest"], **digest);
+        assert!(st["last_success"].is_string());
+    }
+
+    let (code, out, _) = run("mirrorfleet-controller", &["run", "--output", "json"], &env);
+    assert_eq!(code, 0);
+    let s: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(s["jobs_enqueued"], 0, "{s}");
+    assert_eq!(s["in_sync"], 2);
+    assert_eq!(queue_depth(&stack, &queue).await, 0);
+
+    // Export gives back what was added; import of the export is a no-op.
+    let (code, yaml, _) = run("mirrorfleet-controller", &["table", "export"], &env);
+    assert_eq!(code, 0);
+    assert!(yaml.contains(&dest1b) && yaml.contains(&src2), "{yaml}");
+}
+
+#[tokio::test]
+async fn a_destination_that_keeps_failing_ends_in_the_dlq_and_the_others_sync() {
+    let stack = Stack::get();
+    let (env, queue, dlq) = setup(&stack, "dlq").await;
+    let repo = unique("dlq-src");
+    let digest = push_image(&stack, &repo, "v1").await;
+    let src = format!("{}/{repo}:v1", stack.src);
+    let good = format!("{}/{repo}:v1", stack.dst);
+    // The basic-auth registry without credentials: refused at once, every time.
+    let bad = format!("{}/{repo}:v1", stack.basic);
+    let (code, _, err) = run(
+        "mirrorfleet-controller",
+        &["table", "add", &src, &good, &bad],
+        &env,
+    );
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = run("mirrorfleet-controller", &["run"], &env);
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = run(
+        "mirrorfleet-worker",
+        &[
+            "consume",
+            "--visibility",
+            "3s",
+            "--wait",
+            "1s",
+            "--exit-when-idle",
+            "6s",
+            "--output",
+            "json",
+        ],
+        &env,
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let w: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(w["failed"], 3, "three receives, then the DLQ: {w}");
+    assert_eq!(queue_depth(&stack, &queue).await, 0);
+    assert_eq!(queue_depth(&stack, &dlq).await, 1);
+
+    assert_eq!(Skopeo::plain().digest(&good).unwrap(), digest);
+    let rows = table_json(&env);
+    assert_eq!(state_of(&rows, &good).0, "synced");
+    let (state, st) = state_of(&rows, &bad);
+    assert_eq!(state, "failed");
+    assert!(
+        st["error"].as_str().unwrap().contains("needs credentials"),
+        "{st}"
+    );
+    assert_eq!(st["attempts"], 3);
+}
+
+#[tokio::test]
+async fn dry_run_changes_nothing_and_event_mode_plans_only_the_pushed_image() {
+    let stack = Stack::get();
+    let (env, queue, _) = setup(&stack, "event").await;
+    let repo = unique("event-src");
+    push_image(&stack, &repo, "v1").await;
+    push_image(&stack, &repo, "v2").await;
+    for tag in ["v1", "v2"] {
+        add_row(
+            &env,
+            &format!("{}/{repo}:{tag}", stack.src),
+            &format!("{}/{repo}:{tag}", stack.dst),
+        );
+    }
+    let before = table_json(&env);
+    let (code, out, err) = run("mirrorfleet-controller", &["run", "--dry-run"], &env);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("copy") && out.contains("destination missing"),
+        "{out}"
+    );
+    assert_eq!(table_json(&env), before, "dry run wrote to the table");
+    assert_eq!(
+        queue_depth(&stack, &queue).await,
+        0,
+        "dry run sent messages"
+    );
+
+    // The ECR push rule passes repository and tag; only that row is planned.
+    let (code, out, err) = run(
+        "mirrorfleet-controller",
+        &[
+            "run",
+            "--output",
+            "json",
+            "--repository",
+            &repo,
+            "--tag",
+            "v2",
+        ],
+        &env,
+    );
+    assert_eq!(code, 0, "{err}");
+    let s: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(s["rows_scanned"], 1, "{s}");
+    assert_eq!(s["jobs_enqueued"], 1);
+    let rows = table_json(&env);
+    assert_eq!(
+        state_of(&rows, &format!("{}/{repo}:v2", stack.dst)).0,
+        "queued"
+    );
+    assert_eq!(
+        state_of(&rows, &format!("{}/{repo}:v1", stack.dst)).0,
+        "new"
+    );
+
+    // The same through an EventBridge event file.
+    let event = std::env::temp_dir().join(format!("{}.json", unique("event")));
+    std::fs::write(
+        &event,
+        json!({"detail-type": "ECR Image Action", "source": "aws.ecr",
+               "detail": {"action-type": "PUSH", "result": "SUCCESS", "repository-name": repo, "image-tag": "v1"}})
+        .to_string(),
+    )
+    .unwrap();
+    let (code, out, err) = run(
+        "mirrorfleet-controller",
+        &[
+            "run",
+            "--output",
+            "json",
+            "--event",
+            event.to_str().unwrap(),
+        ],
+        &env,
+    );
+    assert_eq!(code, 0, "{err}");
+    let s: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(s["rows_scanned"], 1, "{s}");
+    assert_eq!(queue_depth(&stack, &queue).await, 2);
+}
+
+#[tokio::test]
+async fn scaling_submits_workers_to_batch() {
+    let stack = Stack::get();
+    let (env, _queue, _) = setup(&stack, "scale").await;
+    let batch = moto_batch(&stack);
+    let name = unique("mf-scale");
+    let role = moto_create_role(&stack, &name).await;
+    let ce = batch
+        .create_compute_environment()
+        .compute_environment_name(&name)
+        .r#type(aws_sdk_batch::types::CeType::Unmanaged)
+        .service_role(&role)
+        .send()
+        .await
+        .unwrap();
+    let jq = batch
+        .create_job_queue()
+        .job_queue_name(&name)
+        .state(aws_sdk_batch::types::JqState::Enabled)
+        .priority(1)
+        .compute_environment_order(
+            aws_sdk_batch::types::ComputeEnvironmentOrder::builder()
+                .order(1)
+                .compute_environment(ce.compute_environment_arn().unwrap())
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    batch
+        .register_job_definition()
+        .job_definition_name(&name)
+        .r#type(aws_sdk_batch::types::JobDefinitionType::Container)
+        .container_properties(
+            aws_sdk_batch::types::ContainerProperties::builder()
+                .image("mirrorfleet:latest")
+                .command("mirrorfleet-worker")
+                .command("consume")
+                .resource_requirements(
+                    aws_sdk_batch::types::ResourceRequirement::builder()
+                        .r#type(aws_sdk_batch::types::ResourceType::Vcpu)
+                        .value("1")
+                        .build(),
+                )
+                .resource_requirements(
+                    aws_sdk_batch::types::ResourceRequirement::builder()
+                        .r#type(aws_sdk_batch::types::ResourceType::Memory)
+                        .value("512")
+                        .build(),
+                )
+                .build(),
+        )
+        .retry_strategy(
+            aws_sdk_batch::types::RetryStrategy::builder()
+                .attempts(1)
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let repo = unique("scale-src");
+    for i in 0..5 {
+        let tag = format!("v{i}");
+        push_image(&stack, &repo, &tag).await;
+        add_row(
+            &env,
+            &format!("{}/{repo}:{tag}", stack.src),
+            &format!("{}/{repo}:{tag}", stack.dst),
+        );
+    }
+    let (code, out, err) = run(
+        "mirrorfleet-controller",
+        &[
+            "run",
+            "--output",
+            "json",
+            "--batch-job-queue",
+            jq.job_queue_arn().unwrap(),
+            "--batch-job-definition",
+            &name,
+            "--jobs-per-worker",
+            "2",
+            "--max-workers",
+            "10",
+        ],
+        &env,
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let s: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(s["jobs_enqueued"], 5);
+    assert_eq!(s["workers_started"], 3, "5 jobs at 2 per worker: {s}");
+}
+
+#[tokio::test]
+async fn local_mode_end_to_end_and_incremental() {
+    let stack = Stack::get();
+    let repo = unique("local");
+    let d1 = push_image(&stack, &repo, "v1").await;
+    let d2 = push_image(&stack, &repo, "v2").await;
+    let dir = std::env::temp_dir().join(unique("mf-local"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("mirrors.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "mirrors:\n  - source: {0}/{repo}:v1\n    destinations:\n      - {1}/{repo}-a:v1\n      - {1}/{repo}-b:v1\n  - source: {0}/{repo}:v2\n    destinations: {1}/{repo}-a:v2\n",
+            stack.src, stack.dst
+        ),
+    )
+    .unwrap();
+    let plain = format!("{},{}", stack.src, stack.dst);
+    let (code, out, err) = run_bin(
+        "mirrorfleet-controller",
+        &["sync", "--plain-http", &plain, file.to_str().unwrap()],
+        &[],
+    );
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert_eq!(out.matches(" synced ").count(), 3, "{out}");
+    let sk = Skopeo::plain();
+    assert_eq!(
+        sk.digest(&format!("{}/{repo}-a:v1", stack.dst)).unwrap(),
+        d1
+    );
+    assert_eq!(
+        sk.digest(&format!("{}/{repo}-b:v1", stack.dst)).unwrap(),
+        d1
+    );
+    assert_eq!(
+        sk.digest(&format!("{}/{repo}-a:v2", stack.dst)).unwrap(),
+        d2
+    );
+    assert!(dir.join("mirrors.yaml.state.json").exists());
+
+    // Second run: in sync, HEADs only, no blob read at the source.
+    let gets_before = count_requests(&stack, "src", &["\"GET /v2/", &format!("/{repo}/")]);
+    let heads_before = count_requests(&stack, "src", &["\"HEAD /v2/", &format!("/{repo}/")]);
+    let (code, out, err) = run_bin(
+        "mirrorfleet-controller",
+        &["sync", "--plain-http", &plain, file.to_str().unwrap()],
+        &[],
+    );
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert_eq!(
+        count_requests(&stack, "src", &["\"GET /v2/", &format!("/{repo}/")]),
+        gets_before
+    );
+    assert_eq!(
+        count_requests(&stack, "src", &["\"HEAD /v2/", &format!("/{repo}/")]) - heads_before,
+        2,
+        "one HEAD per image"
+    );
+
+    // A bad row is reported on itself; the rest still syncs.
+    std::fs::write(
+        &file,
+        format!("mirrors:\n  - source: {0}/{repo}:nope\n    destinations: [{1}/{repo}:nope]\n  - source: {0}/{repo}:v2\n    destinations: [{1}/{repo}-c:v2]\n", stack.src, stack.dst),
+    )
+    .unwrap();
+    let (code, out, _) = run_bin(
+        "mirrorfleet-controller",
+        &["sync", "--plain-http", &plain, file.to_str().unwrap()],
+        &[],
+    );
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("was not found"), "{out}");
+    assert_eq!(
+        sk.digest(&format!("{}/{repo}-c:v2", stack.dst)).unwrap(),
+        d2
+    );
+}
