@@ -587,6 +587,17 @@ impl Registry {
         Ok(())
     }
 
+    /// Whether the repository exists at all (has any tag). A missing one is
+    /// known to hold no blobs, which spares a HEAD per blob.
+    pub async fn repository_exists(&self, repo: &str) -> Result<bool> {
+        let mut url = self.url(&format!("v2/{repo}/tags/list"));
+        url.query_pairs_mut().append_pair("n", "1");
+        let resp = self
+            .send(&Scope::pull(repo), |c| c.get(url.clone()))
+            .await?;
+        Ok(resp.status().is_success())
+    }
+
     pub async fn blob_exists(&self, repo: &str, digest: &Digest) -> Result<bool> {
         let url = self.url(&format!("v2/{repo}/blobs/{digest}"));
         let resp = self

@@ -40,6 +40,10 @@ pub struct ConsumeOptions {
     /// With `exit_when_idle`: also wait for messages in flight elsewhere to be
     /// deleted or redelivered (local mode, where this process is every worker).
     pub drain: bool,
+    /// Copy the digest the job names instead of HEADing the source again
+    /// (local mode, where the plan is moments old). Off for SQS jobs, which
+    /// may be stale by the time they are taken.
+    pub trust_job_digest: bool,
 }
 
 impl Default for ConsumeOptions {
@@ -50,6 +54,7 @@ impl Default for ConsumeOptions {
             wait: Duration::from_secs(20),
             exit_when_idle: None,
             drain: false,
+            trust_job_digest: false,
         }
     }
 }
@@ -248,7 +253,11 @@ async fn handle(
     }
 
     // Heartbeat: keep the message invisible while the copy runs.
-    let copy = engine.copy_with(&job.source, &dests, row.mirror.overwrite, cancel);
+    let source = match (&job.source_digest, opts.trust_job_digest) {
+        (Some(d), true) => job.source.with_digest(d.clone()),
+        _ => job.source.clone(),
+    };
+    let copy = engine.copy_with(&source, &dests, row.mirror.overwrite, cancel);
     tokio::pin!(copy);
     let mut beat = tokio::time::interval(opts.visibility / 3);
     beat.tick().await;

@@ -17,6 +17,7 @@
 //! A destination that fails stops receiving work; the others go on. The
 //! outcome is reported per destination.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -207,12 +208,19 @@ impl Dest {
     }
 }
 
+/// (registry, repository)
+type RepoKey = (String, String);
+
 /// The copy engine. Share one per process: its ledger and transfer limit span
 /// every copy it runs.
 #[derive(Debug)]
 pub struct Engine {
     registries: Arc<Registries>,
     ledger: Ledger,
+    /// Destination repositories that did not exist when first seen: they
+    /// hold only what this engine wrote (tracked in the ledger), so no blob
+    /// HEAD is needed there.
+    new_repos: tokio::sync::Mutex<HashMap<RepoKey, Arc<tokio::sync::OnceCell<bool>>>>,
     options: CopyOptions,
     transfers: Arc<Semaphore>,
     progress: Arc<Progress>,
@@ -224,6 +232,7 @@ impl Engine {
         Engine {
             registries,
             ledger: Ledger::default(),
+            new_repos: tokio::sync::Mutex::new(HashMap::new()),
             options,
             transfers,
             progress: Arc::new(Progress::default()),
@@ -442,6 +451,9 @@ impl Engine {
         let head = registry
             .head_manifest(dest.repository(), &dest.manifest_ref())
             .await?;
+        if head.is_none() {
+            self.note_new_repository(&registry, dest).await?;
+        }
         match head {
             Some(h) if &h.digest == src_digest => Ok((registry, true)),
             Some(h) if immutable || !overwrite => Err(Error::OverwriteRefused {
@@ -451,6 +463,23 @@ impl Engine {
             }),
             _ => Ok((registry, false)),
         }
+    }
+
+    /// On first sight of a destination repository, learn whether it exists.
+    async fn note_new_repository(&self, registry: &Registry, dest: &Reference) -> Result<()> {
+        let key = (dest.registry().to_string(), dest.repository().to_string());
+        let cell = self.new_repos.lock().await.entry(key).or_default().clone();
+        cell.get_or_try_init(|| async {
+            Ok::<_, Error>(!registry.repository_exists(dest.repository()).await?)
+        })
+        .await?;
+        Ok(())
+    }
+
+    async fn is_new_repository(&self, dest: &Reference) -> bool {
+        let key = (dest.registry().to_string(), dest.repository().to_string());
+        let cell = self.new_repos.lock().await.get(&key).cloned();
+        cell.and_then(|c| c.get().copied()).unwrap_or(false)
     }
 
     /// GET the manifest at `digest` and, level by level, every child; returns
@@ -586,7 +615,9 @@ impl Engine {
         };
         let reg = d.registry();
         let repo = d.reference.repository();
-        if reg.blob_exists(repo, &blob.digest).await? {
+        if !self.is_new_repository(&d.reference).await
+            && reg.blob_exists(repo, &blob.digest).await?
+        {
             d.skipped.fetch_add(1, Ordering::Relaxed);
             guard.complete();
             return Ok(None);

@@ -79,6 +79,7 @@ impl Store {
 pub struct DynamoStore {
     client: aws_sdk_dynamodb::Client,
     table: String,
+    page_size: Option<i32>,
 }
 
 fn s(v: impl Into<String>) -> AttributeValue {
@@ -97,7 +98,14 @@ impl DynamoStore {
         DynamoStore {
             client: aws_sdk_dynamodb::Client::new(&conf),
             table: table.to_string(),
+            page_size: None,
         }
+    }
+
+    /// Items per scan page (DynamoDB's default is 1 MB of items).
+    pub fn with_page_size(mut self, items: Option<u32>) -> DynamoStore {
+        self.page_size = items.map(|n| n.clamp(1, i32::MAX as u32) as i32);
+        self
     }
 
     fn err(&self, message: String) -> StoreError {
@@ -152,11 +160,16 @@ impl DynamoStore {
         for seg in 0..segments {
             let client = self.client.clone();
             let table = self.table.clone();
+            let limit = self.page_size;
             tasks.push(tokio::spawn(async move {
                 let mut rows = Vec::new();
                 let mut start: Option<HashMap<String, AttributeValue>> = None;
                 loop {
-                    let mut req = client.scan().table_name(&table).consistent_read(true);
+                    let mut req = client
+                        .scan()
+                        .table_name(&table)
+                        .consistent_read(true)
+                        .set_limit(limit);
                     if segments > 1 {
                         req = req.segment(seg as i32).total_segments(segments as i32);
                     }

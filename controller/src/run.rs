@@ -37,6 +37,9 @@ pub struct RunArgs {
     /// Parallel scan segments.
     #[arg(long, env = "MIRRORFLEET_SEGMENTS", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=64))]
     segments: u32,
+    /// Items per scan page (default: DynamoDB's 1 MB pages).
+    #[arg(long, env = "MIRRORFLEET_SCAN_PAGE_SIZE")]
+    scan_page_size: Option<u32>,
     /// Rows checked at once (each one HEADs its source and destinations).
     #[arg(long, env = "MIRRORFLEET_PROBE_CONCURRENCY", default_value_t = 16)]
     probe_concurrency: usize,
@@ -99,7 +102,11 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
     let filter = event_filter(&args)?;
     let engine = Arc::new(args.registry.engine().context("registry configuration")?);
-    let store = Store::Dynamo(DynamoStore::new(&args.table).await);
+    let store = Store::Dynamo(
+        DynamoStore::new(&args.table)
+            .await
+            .with_page_size(args.scan_page_size),
+    );
     let queue = Queue::Sqs(SqsQueue::new(&args.queue_url).await);
     let plans = scan::scan(
         &store,

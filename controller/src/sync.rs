@@ -92,8 +92,10 @@ async fn once(
         // A failed job comes back quickly in local mode; nothing else waits for it.
         visibility: Duration::from_secs(2),
         wait: Duration::from_millis(200),
-        exit_when_idle: Some(Duration::from_millis(500)),
+        // With `drain`, idle means nothing queued or in flight: exit at once.
+        exit_when_idle: Some(Duration::from_millis(20)),
         drain: true,
+        trust_job_digest: true,
     };
     // Nothing queued (everything in sync): no workers to start or wait for.
     let consumed = if summary.jobs_enqueued == 0 {

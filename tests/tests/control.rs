@@ -302,6 +302,57 @@ async fn dry_run_changes_nothing_and_event_mode_plans_only_the_pushed_image() {
 }
 
 #[tokio::test]
+async fn scan_reads_every_page_of_every_segment() {
+    let stack = Stack::get();
+    let (env, _, _) = setup(&stack, "pages").await;
+    let repo = unique("pages");
+    // 25 rows whose sources do not exist: each is reported on itself.
+    let mut yaml = String::from("mirrors:\n");
+    for i in 0..25 {
+        yaml.push_str(&format!(
+            "  - source: {0}/{repo}:t{i}\n    destinations: [{1}/{repo}:t{i}]\n",
+            stack.src, stack.dst
+        ));
+    }
+    let file = std::env::temp_dir().join(format!("{}.yaml", unique("pages")));
+    std::fs::write(&file, yaml).unwrap();
+    let (code, out, err) = run(
+        "mirrorfleet-controller",
+        &["table", "import", file.to_str().unwrap()],
+        &env,
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("imported 25 mirrors"));
+    let (code, out, _) = run(
+        "mirrorfleet-controller",
+        &[
+            "run",
+            "--output",
+            "json",
+            "--segments",
+            "3",
+            "--scan-page-size",
+            "4",
+        ],
+        &env,
+    );
+    assert_eq!(code, 1, "rows failed, so the run says so: {out}");
+    let s: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(s["rows_scanned"], 25, "{s}");
+    assert_eq!(s["rows_failed"], 25);
+    let rows = table_json(&env);
+    assert_eq!(rows.len(), 25);
+    assert!(
+        rows[0]["row_error"]
+            .as_str()
+            .unwrap()
+            .contains("was not found"),
+        "{:#}",
+        rows[0]
+    );
+}
+
+#[tokio::test]
 async fn scaling_submits_workers_to_batch() {
     let stack = Stack::get();
     let (env, _queue, _) = setup(&stack, "scale").await;
@@ -470,4 +521,65 @@ async fn local_mode_end_to_end_and_incremental() {
         sk.digest(&format!("{}/{repo}-c:v2", stack.dst)).unwrap(),
         d2
     );
+}
+
+#[tokio::test]
+async fn malformed_jobs_reach_the_dlq_and_a_deleted_rows_job_is_dropped() {
+    let stack = Stack::get();
+    let (env, queue, dlq) = setup(&stack, "malformed").await;
+    let sqs = moto_sqs(&stack);
+    for body in [
+        "not json",
+        r#"{"version":9,"source":"a:1","destinations":["b.example.com/a:1"]}"#,
+        r#"{"version":1,"source":"Bad:Ref:","destinations":["b.example.com/a:1"]}"#,
+    ] {
+        sqs.send_message()
+            .queue_url(&queue)
+            .message_body(body)
+            .send()
+            .await
+            .unwrap();
+    }
+    // A row deleted while its job is queued.
+    let repo = unique("deleted");
+    push_image(&stack, &repo, "v1").await;
+    let src = format!("{}/{repo}:v1", stack.src);
+    add_row(&env, &src, &format!("{}/{repo}:v1", stack.dst));
+    let (code, _, err) = run("mirrorfleet-controller", &["run"], &env);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = run("mirrorfleet-controller", &["table", "rm", &src], &env);
+    assert_eq!(code, 0, "{err}");
+
+    let (code, out, err) = run(
+        "mirrorfleet-worker",
+        &[
+            "consume",
+            "--wait",
+            "1s",
+            "--exit-when-idle",
+            "3s",
+            "--output",
+            "json",
+        ],
+        &env,
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let w: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(w["malformed"], 9, "3 bad messages x 3 receives: {w}");
+    assert!(
+        err.contains("invalid JSON")
+            && err.contains("version 9")
+            && err.contains("invalid image reference"),
+        "{err}"
+    );
+    assert!(err.contains("the row was deleted"), "{err}");
+    assert_eq!(queue_depth(&stack, &queue).await, 0);
+    assert_eq!(queue_depth(&stack, &dlq).await, 3);
+    assert!(
+        Skopeo::plain()
+            .raw(&format!("{}/{repo}:v1", stack.dst))
+            .is_err(),
+        "a deleted row's job was copied"
+    );
+    assert!(table_json(&env).is_empty(), "the deleted row came back");
 }

@@ -77,6 +77,7 @@ async fn run(args: ConsumeArgs, shutdown: CancellationToken) -> anyhow::Result<(
         wait: args.wait.min(Duration::from_secs(20)),
         exit_when_idle: args.exit_when_idle,
         drain: false,
+        trust_job_digest: false,
     };
     tracing::info!(queue = %args.queue_url, table = %args.table, jobs = opts.concurrency, "worker started");
     let summary = consume::run(engine, queue, store, opts, shutdown).await;

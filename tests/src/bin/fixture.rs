@@ -4,6 +4,8 @@
 //! ```sh
 //! mirrorfleet-fixture --registry 127.0.0.1:5001 --repo bench/app --tag v1 \
 //!     --platforms 2 --layers 5 --layer-mb 30
+//! # 20 repositories x 10 tags, two platforms, one base layer shared by all:
+//! mirrorfleet-fixture --registry 127.0.0.1:5001 --repo bench/fleet --fleet 20x10 --layer-kb 100
 //! ```
 
 // A tool for benchmarks: a panic is a clear enough failure.
@@ -32,12 +34,62 @@ struct Args {
     /// Size of each layer in MiB.
     #[arg(long, default_value_t = 30)]
     layer_mb: usize,
+    /// REPOSxTAGS: push a fleet under `<repo>-<n>:t<m>` instead of one image;
+    /// prints one `repository tag digest` line per image.
+    #[arg(long, value_name = "REPOSxTAGS")]
+    fleet: Option<String>,
+    /// Size of each fleet layer in KiB.
+    #[arg(long, default_value_t = 100)]
+    layer_kb: usize,
+}
+
+/// Two-platform images sharing one base layer: each platform adds its own layer.
+async fn fleet(p: &Pusher, a: &Args, spec: &str) -> anyhow::Result<()> {
+    let (repos, tags) = spec
+        .split_once('x')
+        .and_then(|(r, t)| Some((r.parse::<usize>().ok()?, t.parse::<usize>().ok()?)))
+        .ok_or_else(|| anyhow::anyhow!("--fleet wants REPOSxTAGS, e.g. 20x10"))?;
+    let base = mirrorfleet_tests::random_bytes(a.layer_kb * 1024);
+    for r in 0..repos {
+        let repo = format!("{}-{r}", a.repo);
+        let base_desc = p.blob(&repo, &base).await?;
+        for t in 0..tags {
+            let mut children = Vec::new();
+            for arch in ["amd64", "arm64"] {
+                let own = p
+                    .blob(&repo, &mirrorfleet_tests::random_bytes(a.layer_kb * 1024))
+                    .await?;
+                let cfg =
+                    serde_json::to_vec(&json!({"architecture": arch, "os": "linux", "tag": t}))?;
+                let cfg = p
+                    .blob_typed(&repo, &cfg, mirrorfleet_tests::OCI_CONFIG)
+                    .await?;
+                let m = serde_json::to_vec(
+                    &json!({"schemaVersion": 2, "mediaType": mirrorfleet_tests::OCI_MANIFEST,
+                    "config": cfg, "layers": [base_desc.clone(), own]}),
+                )?;
+                let d = mirrorfleet_tests::sha256(&m);
+                let mut desc = p
+                    .manifest(&repo, &d, mirrorfleet_tests::OCI_MANIFEST, &m)
+                    .await?;
+                desc["platform"] = json!({"os": "linux", "architecture": arch});
+                children.push(desc);
+            }
+            let tag = format!("t{t}");
+            let digest = p.index(&repo, &tag, false, children, json!({})).await?;
+            println!("{repo} {tag} {digest}");
+        }
+    }
+    Ok(())
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let a = Args::parse();
     let p = Pusher::new(Target::plain(&a.registry))?;
+    if let Some(spec) = &a.fleet {
+        return fleet(&p, &a, spec).await;
+    }
     let arches = ["amd64", "arm64", "s390x", "ppc64le", "riscv64"];
     let sizes = vec![a.layer_mb * 1024 * 1024; a.layers];
     let mut children = Vec::new();
