@@ -16,7 +16,7 @@ COPY . .
 # change rebuilds only the workspace crates.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked --bins \
+    cargo build --release --locked -p mirrorfleet-worker -p mirrorfleet-controller \
     && install -D -m 0755 target/release/mirrorfleet-worker target/release/mirrorfleet-controller -t /out/
 
 FROM debian:bookworm-slim
