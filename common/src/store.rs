@@ -390,6 +390,11 @@ pub fn row_from_item(item: &HashMap<String, AttributeValue>) -> ScannedRow {
             }
             None => return Err("the row has no `destinations`".into()),
         };
+        if item.contains_key("platforms") {
+            // Copying a subset changes the digest; until that is built, say so
+            // rather than silently mirroring every platform.
+            return Err("`platforms` (a platform subset) is not supported yet; remove it to mirror every platform".into());
+        }
         let mut mirror = Mirror::new(&key, &dests)?;
         mirror.enabled = match item.get("enabled") {
             None => true,
