@@ -9,7 +9,10 @@
 #   scripts/stack.sh env      print `export` lines for the tests (eval "$(scripts/stack.sh env)")
 #
 # Ports (override with the variables): moto 5000, src 5001, dst 5002,
-# basic-auth 5003, token-auth 5004 (token server 5005), TLS 5006.
+# basic-auth 5003, token-auth 5004 (token server 5005), TLS 5006, and an
+# "ECR" registry 5007 whose basic-auth login is what moto's ECR
+# GetAuthorizationToken hands out (AWS / <account>-auth-token), so the ECR
+# credential path runs for real against a local registry.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -23,6 +26,7 @@ BASIC_PORT="${MF_BASIC_PORT:-5003}"
 TOKEN_REG_PORT="${MF_TOKEN_REG_PORT:-5004}"
 TOKEN_SRV_PORT="${MF_TOKEN_SRV_PORT:-5005}"
 TLS_PORT="${MF_TLS_PORT:-5006}"
+ECR_PORT="${MF_ECR_PORT:-5007}"
 
 # Test-only credentials for the local registries; they guard nothing but loopback.
 BASIC_USER="mirror"
@@ -153,6 +157,12 @@ up() {
     service: mirrorfleet-token-registry
     issuer: mirrorfleet-token-issuer
     rootcertbundle: $c/token.crt"
+    mkdir -p "$STACK_DIR/ecr"
+    htpasswd -Bbn AWS 123456789012-auth-token >"$STACK_DIR/ecr/htpasswd"
+    registry_config ecr "$ECR_PORT" "auth:
+  htpasswd:
+    realm: mirrorfleet-ecr
+    path: $STACK_DIR/ecr/htpasswd"
     registry_config tls "$TLS_PORT" "  tls:
     certificate: $c/server.crt
     key: $c/server.key"
@@ -170,7 +180,7 @@ up() {
         "$VENV/bin/python" "$ROOT/scripts/token_server.py" "$TOKEN_SRV_PORT"
 
     local name port scheme
-    for pair in src:$SRC_PORT:http dst:$DST_PORT:http basic:$BASIC_PORT:http token:$TOKEN_REG_PORT:http tls:$TLS_PORT:https; do
+    for pair in src:$SRC_PORT:http dst:$DST_PORT:http basic:$BASIC_PORT:http token:$TOKEN_REG_PORT:http tls:$TLS_PORT:https ecr:$ECR_PORT:http; do
         IFS=: read -r name port scheme <<<"$pair"
         start_component "$name" "$port" "$scheme://127.0.0.1:$port/v2/" \
             docker-registry serve "$STACK_DIR/$name/config.yml"
@@ -195,14 +205,14 @@ down() {
     done
     # Registry data is throwaway; removing it keeps the next run independent.
     if [[ "${MF_KEEP_DATA:-0}" != 1 ]]; then
-        rm -rf "$STACK_DIR"/{src,dst,basic,token,tls}/data
+        rm -rf "$STACK_DIR"/{src,dst,basic,token,tls,ecr}/data
     fi
 }
 
 status() {
     local rc=0 name port scheme
     for pair in moto:$MOTO_PORT:http tokensrv:$TOKEN_SRV_PORT:http src:$SRC_PORT:http dst:$DST_PORT:http \
-        basic:$BASIC_PORT:http token:$TOKEN_REG_PORT:http tls:$TLS_PORT:https; do
+        basic:$BASIC_PORT:http token:$TOKEN_REG_PORT:http tls:$TLS_PORT:https ecr:$ECR_PORT:http; do
         IFS=: read -r name port scheme <<<"$pair"
         if pid_alive "$name"; then
             printf '%-9s %-26s pid %-7s up\n' "$name" "$scheme://127.0.0.1:$port" "$(cat "$STACK_DIR/pids/$name.pid")"
@@ -227,6 +237,8 @@ export MF_TLS='127.0.0.1:$TLS_PORT'
 export MF_TLS_CA='$STACK_DIR/certs/ca.crt'
 export MF_TLS_CERT_DIR='$STACK_DIR/certs/skopeo'
 export MF_MOTO='http://127.0.0.1:$MOTO_PORT'
+export MF_ECR='127.0.0.1:$ECR_PORT'
+export MF_ECR_CREDS='AWS:123456789012-auth-token'
 EOF
 }
 

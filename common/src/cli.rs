@@ -154,6 +154,23 @@ impl LogArgs {
             .and_then(|f| tracing_subscriber::EnvFilter::try_new(f).ok())
             .or_else(|| tracing_subscriber::EnvFilter::try_new(&self.log_level).ok())
             .unwrap_or_else(|| tracing_subscriber::EnvFilter::new("info"));
+        // At TRACE the AWS SDK logs whole response bodies and deserialised
+        // outputs (ECR authorization tokens, STS temporary credentials) and
+        // SigV4's canonical requests (session tokens). More specific
+        // directives win, so these caps hold even with RUST_LOG=trace.
+        let mut filter = filter;
+        for cap in [
+            "aws_smithy_runtime=debug",
+            "aws_smithy_runtime_api=debug",
+            "aws_smithy_http=debug",
+            "aws_sigv4=debug",
+            "aws_runtime=debug",
+            "aws_config=debug",
+        ] {
+            if let Ok(d) = cap.parse() {
+                filter = filter.add_directive(d);
+            }
+        }
         let builder = tracing_subscriber::fmt()
             .with_env_filter(filter)
             .with_writer(std::io::stderr);

@@ -39,6 +39,9 @@ pub struct Stack {
     pub tls_ca: PathBuf,
     pub tls_cert_dir: PathBuf,
     pub moto: String,
+    /// Serves the ECR host name in tests; its login is moto's ECR token.
+    pub ecr: String,
+    pub ecr_creds: String,
     pub dir: PathBuf,
 }
 
@@ -80,6 +83,8 @@ impl Stack {
                 "/tmp/mirrorfleet-stack/certs/skopeo",
             )),
             moto: get("MF_MOTO", "http://127.0.0.1:5000"),
+            ecr: get("MF_ECR", "127.0.0.1:5007"),
+            ecr_creds: get("MF_ECR_CREDS", "AWS:123456789012-auth-token"),
             dir,
         };
         let probe = std::net::TcpStream::connect(&s.src);

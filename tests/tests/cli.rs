@@ -165,13 +165,21 @@ async fn controller_check_compares_digests() {
     assert_eq!(v[1]["in_sync"], true);
 }
 
+/// skopeo logged in to the registry that serves the ECR host.
+fn ecr_skopeo(stack: &Stack) -> Skopeo {
+    Skopeo {
+        creds: Some(stack.ecr_creds.clone()),
+        ..Skopeo::plain()
+    }
+}
+
 fn ecr_settings(stack: &Stack, extra: &str) -> std::path::PathBuf {
     let path = std::env::temp_dir().join(format!("{}.yaml", unique("mf-registries")));
     std::fs::write(
         &path,
         format!(
             "registries:\n  {ECR_HOST}:\n    endpoint: {}\n    plain_http: true\n  {}:\n    plain_http: true\n{extra}",
-            stack.dst, stack.src
+            stack.ecr, stack.src
         ),
     )
     .unwrap();
@@ -217,8 +225,8 @@ async fn ecr_destination_creates_repository_and_honours_immutable_tags() {
         Some(true)
     );
     assert_eq!(
-        Skopeo::plain()
-            .digest(&format!("{}/{created}:a", stack.dst))
+        ecr_skopeo(&stack)
+            .digest(&format!("{}/{created}:a", stack.ecr))
             .unwrap(),
         a
     );
@@ -271,8 +279,8 @@ async fn ecr_destination_creates_repository_and_honours_immutable_tags() {
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("overwrite refused"), "{out}");
     assert_eq!(
-        Skopeo::plain()
-            .digest(&format!("{}/{frozen}:t", stack.dst))
+        ecr_skopeo(&stack)
+            .digest(&format!("{}/{frozen}:t", stack.ecr))
             .unwrap(),
         a
     );
