@@ -13,6 +13,11 @@ cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 "$VENV/bin/hadolint" Dockerfile
 
+step "advisories (offline RustSec snapshot)"
+ADVISORY_DB="${MIRRORFLEET_ADVISORY_DB:-../shared/advisory-db}"
+[[ -d "$ADVISORY_DB/crates" ]] || { echo "no RustSec snapshot at $ADVISORY_DB (set MIRRORFLEET_ADVISORY_DB)" >&2; exit 1; }
+cargo audit --db "$ADVISORY_DB" --no-fetch --deny warnings
+
 step "local stack"
 scripts/stack.sh up
 trap 'scripts/stack.sh down' EXIT
