@@ -12,27 +12,8 @@
 # cannot mount blobs from the copies made before it. The ceiling streams each blob with curl from the source GET
 # into the destination POST+PUT, 8 at a time (blobs only, no manifests).
 set -euo pipefail
-cd "$(dirname "${BASH_SOURCE[0]}")/.."
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/mirrorfleet-target}"
-RUNS="${RUNS:-3}"
-WORK="$(mktemp -d)"
-# skopeo remembers where it has seen blobs and mounts them from earlier
-# copies; a cold comparison needs that cache empty before each skopeo run.
-# The user's cache is set aside and put back afterwards.
-SKOPEO_CACHE=/var/lib/containers/cache/blob-info-cache-v1.boltdb
-[[ "$(id -u)" == 0 ]] || SKOPEO_CACHE="$HOME/.local/share/containers/cache/blob-info-cache-v1.boltdb"
-[[ -f "$SKOPEO_CACHE" ]] && mv "$SKOPEO_CACHE" "$WORK/skopeo-cache.saved"
-restore() {
-    rm -f "$SKOPEO_CACHE"
-    [[ -f "$WORK/skopeo-cache.saved" ]] && mv "$WORK/skopeo-cache.saved" "$SKOPEO_CACHE"
-    rm -rf "$WORK"
-}
-trap restore EXIT
-
-scripts/stack.sh status >/dev/null 2>&1 || scripts/stack.sh up
-eval "$(scripts/stack.sh env)"
-cargo build --release --locked -q --bins -p mirrorfleet-worker -p mirrorfleet-tests
-BIN="$CARGO_TARGET_DIR/release"
+# shellcheck source=bench/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 echo "pushing fixtures into $MF_SRC ..." >&2
 "$BIN/mirrorfleet-fixture" --registry "$MF_SRC" --repo bench/multi --tag v1 --platforms 2 --layers 5 --layer-mb 30 >/dev/null

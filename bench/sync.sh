@@ -13,26 +13,10 @@
 # destination registry (their access logs), and blobs written more than once
 # into the same repository (PUT uploads and mounts per repository and digest).
 set -euo pipefail
-cd "$(dirname "${BASH_SOURCE[0]}")/.."
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/mirrorfleet-target}"
-RUNS="${RUNS:-3}"
+# shellcheck source=bench/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 REPOS="${REPOS:-20}"
 TAGS="${TAGS:-10}"
-WORK="$(mktemp -d)"
-SKOPEO_CACHE=/var/lib/containers/cache/blob-info-cache-v1.boltdb
-[[ "$(id -u)" == 0 ]] || SKOPEO_CACHE="$HOME/.local/share/containers/cache/blob-info-cache-v1.boltdb"
-[[ -f "$SKOPEO_CACHE" ]] && mv "$SKOPEO_CACHE" "$WORK/skopeo-cache.saved"
-restore() {
-    rm -f "$SKOPEO_CACHE"
-    [[ -f "$WORK/skopeo-cache.saved" ]] && mv "$WORK/skopeo-cache.saved" "$SKOPEO_CACHE"
-    rm -rf "$WORK"
-}
-trap restore EXIT
-
-scripts/stack.sh status >/dev/null 2>&1 || scripts/stack.sh up
-eval "$(scripts/stack.sh env)"
-cargo build --release --locked -q --bins -p mirrorfleet-worker -p mirrorfleet-controller -p mirrorfleet-tests
-BIN="$CARGO_TARGET_DIR/release"
 export AWS_ENDPOINT_URL="$MF_MOTO" AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing AWS_REGION=us-east-1
 export MIRRORFLEET_PLAIN_HTTP="$MF_SRC,$MF_DST" MIRRORFLEET_PROGRESS=never MIRRORFLEET_LOG=warn
 

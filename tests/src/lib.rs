@@ -318,6 +318,23 @@ impl Pusher {
     }
 }
 
+/// Push a two-platform OCI index (one small random layer per platform) to
+/// the stack's source registry; returns the index digest.
+pub async fn push_image(stack: &Stack, repo: &str, tag: &str) -> String {
+    let p = Pusher::new(Target::plain(&stack.src)).unwrap_or_else(|e| panic!("{e}"));
+    let mut children = Vec::new();
+    for arch in ["amd64", "arm64"] {
+        children.push(
+            p.image(repo, false, ("linux", arch), &[2500], json!({}))
+                .await
+                .unwrap_or_else(|e| panic!("{e}")),
+        );
+    }
+    p.index(repo, tag, false, children, json!({}))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
 /// skopeo as the independent client.
 #[derive(Debug, Clone, Default)]
 pub struct Skopeo {

@@ -9,21 +9,6 @@ use serde_json::{Value, json};
 
 const ECR_HOST: &str = "123456789012.dkr.ecr.us-east-1.amazonaws.com";
 
-async fn push_image(stack: &Stack, repo: &str, tag: &str) -> String {
-    let p = Pusher::new(Target::plain(&stack.src)).unwrap();
-    let amd = p
-        .image(repo, false, ("linux", "amd64"), &[3000], json!({}))
-        .await
-        .unwrap();
-    let arm = p
-        .image(repo, false, ("linux", "arm64"), &[3000], json!({}))
-        .await
-        .unwrap();
-    p.index(repo, tag, false, vec![amd, arm], json!({}))
-        .await
-        .unwrap()
-}
-
 #[tokio::test]
 async fn worker_copy_output_and_exit_codes() {
     let stack = Stack::get();

@@ -8,21 +8,6 @@
 use mirrorfleet_tests::*;
 use serde_json::{Value, json};
 
-async fn push_image(stack: &Stack, repo: &str, tag: &str) -> String {
-    let p = Pusher::new(Target::plain(&stack.src)).unwrap();
-    let amd = p
-        .image(repo, false, ("linux", "amd64"), &[2000], json!({}))
-        .await
-        .unwrap();
-    let arm = p
-        .image(repo, false, ("linux", "arm64"), &[2000], json!({}))
-        .await
-        .unwrap();
-    p.index(repo, tag, false, vec![amd, arm], json!({}))
-        .await
-        .unwrap()
-}
-
 /// Environment for the binaries: moto, and plain HTTP for the local registries.
 fn env(stack: &Stack, table: &str, queue: &str) -> Vec<(String, String)> {
     let mut v: Vec<(String, String)> = moto_env(stack)
