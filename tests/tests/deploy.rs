@@ -1,0 +1,153 @@
+//! The CloudFormation stack, created in moto, then used: the controller and
+//! the worker run against the table, queue and job definitions it made.
+
+// Test code: a panic is how a check fails.
+#![allow(clippy::unwrap_used)]
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use mirrorfleet_tests::*;
+use serde_json::Value;
+
+fn create_stack(stack: &Stack, name: &str) -> Value {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let venv = std::env::var("MIRRORFLEET_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/mirrorfleet-venv")
+        });
+    let out = Command::new(venv.join("bin/python"))
+        .arg(root.join("scripts/moto_stack.py"))
+        .arg(&stack.moto)
+        .arg(name)
+        .arg(root.join("cloudformation/mirrorfleet.yaml"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[tokio::test]
+async fn the_stack_creates_what_the_fleet_uses_and_the_fleet_runs_on_it() {
+    let stack = Stack::get();
+    let name = unique("mf-stack").replace('_', "-");
+    let created = create_stack(&stack, &name);
+    assert_eq!(created["status"], "CREATE_COMPLETE", "{created:#}");
+    // moto silently skips types it does not know: check the ones we rely on.
+    for (logical, kind) in [
+        ("MirrorTable", "AWS::DynamoDB::Table"),
+        ("JobQueue", "AWS::SQS::Queue"),
+        ("DeadLetterQueue", "AWS::SQS::Queue"),
+        ("ComputeEnvironment", "AWS::Batch::ComputeEnvironment"),
+        ("BatchJobQueue", "AWS::Batch::JobQueue"),
+        ("ControllerJobDefinition", "AWS::Batch::JobDefinition"),
+        ("ControllerEventJobDefinition", "AWS::Batch::JobDefinition"),
+        ("WorkerJobDefinition", "AWS::Batch::JobDefinition"),
+        ("CopyJobDefinition", "AWS::Batch::JobDefinition"),
+        ("ControllerRole", "AWS::IAM::Role"),
+        ("WorkerRole", "AWS::IAM::Role"),
+        ("ScheduleRule", "AWS::Events::Rule"),
+        ("EcrPushRule", "AWS::Events::Rule"),
+        ("WorkerLogGroup", "AWS::Logs::LogGroup"),
+        ("AlarmTopic", "AWS::SNS::Topic"),
+    ] {
+        let r = &created["resources"][logical];
+        assert_eq!(r["type"], kind, "{logical}: {created:#}");
+        assert_eq!(r["status"], "CREATE_COMPLETE", "{logical}");
+    }
+    let outputs = &created["outputs"];
+    let table = outputs["TableName"].as_str().unwrap().to_string();
+    let queue = outputs["QueueUrl"].as_str().unwrap().to_string();
+    let dlq = outputs["DeadLetterQueueUrl"].as_str().unwrap().to_string();
+    let job_queue = outputs["JobQueue"].as_str().unwrap().to_string();
+
+    // The queue dead-letters after 3 receives.
+    let attrs = moto_sqs(&stack)
+        .get_queue_attributes()
+        .queue_url(&queue)
+        .attribute_names(aws_sdk_sqs::types::QueueAttributeName::RedrivePolicy)
+        .send()
+        .await
+        .unwrap();
+    let redrive: Value = serde_json::from_str(
+        &attrs.attributes().unwrap()[&aws_sdk_sqs::types::QueueAttributeName::RedrivePolicy],
+    )
+    .unwrap();
+    assert_eq!(
+        redrive["maxReceiveCount"]
+            .as_u64()
+            .or_else(|| redrive["maxReceiveCount"]
+                .as_str()
+                .and_then(|s| s.parse().ok())),
+        Some(3)
+    );
+
+    // The fleet, on the stack's resources.
+    let mut env: Vec<(&str, String)> = moto_env(&stack);
+    env.push(("MIRRORFLEET_TABLE", table));
+    env.push(("MIRRORFLEET_QUEUE_URL", queue.clone()));
+    env.push((
+        "MIRRORFLEET_PLAIN_HTTP",
+        format!("{},{}", stack.src, stack.dst),
+    ));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let repo = unique("stack");
+    let digest = push_image(&stack, &repo, "v1").await;
+    let src = format!("{}/{repo}:v1", stack.src);
+    let dest = format!("{}/{repo}:v1", stack.dst);
+    let (code, out, err) = run_bin(
+        "mirrorfleet-controller",
+        &["table", "add", &src, &dest],
+        &env,
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    // The job definition names the controller job uses are the stack's.
+    let worker_def = format!("{name}-worker");
+    let (code, out, err) = run_bin(
+        "mirrorfleet-controller",
+        &[
+            "run",
+            "--output",
+            "json",
+            "--batch-job-queue",
+            &job_queue,
+            "--batch-job-definition",
+            &worker_def,
+        ],
+        &env,
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let s: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(s["jobs_enqueued"], 1, "{s}");
+    assert_eq!(s["workers_started"], 1, "{s}");
+    let (code, out, err) = run_bin(
+        "mirrorfleet-worker",
+        &[
+            "consume",
+            "--wait",
+            "1s",
+            "--exit-when-idle",
+            "2s",
+            "--output",
+            "json",
+        ],
+        &env,
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(Skopeo::plain().digest(&dest).unwrap(), digest);
+    assert_eq!(queue_depth(&stack, &queue).await, 0);
+    assert_eq!(queue_depth(&stack, &dlq).await, 0);
+    let (code, out, _) = run_bin(
+        "mirrorfleet-controller",
+        &["table", "ls", "--output", "json"],
+        &env,
+    );
+    assert_eq!(code, 0);
+    let rows: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(rows[0]["state"], "synced", "{rows:#}");
+}
