@@ -144,11 +144,33 @@ pub struct LogArgs {
     /// Log filter, e.g. `info` or `mirrorfleet_common=debug` (RUST_LOG also works).
     #[arg(long, env = "MIRRORFLEET_LOG", default_value = "info")]
     pub log_level: String,
+
+    /// Also write metrics as CloudWatch Embedded Metric Format lines on stderr.
+    #[arg(long, env = "MIRRORFLEET_METRICS", value_enum, default_value_t = MetricsFormat::None)]
+    pub metrics: MetricsFormat,
+
+    /// CloudWatch namespace for --metrics emf.
+    #[arg(
+        long,
+        env = "MIRRORFLEET_METRICS_NAMESPACE",
+        default_value = "mirrorfleet"
+    )]
+    pub metrics_namespace: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum MetricsFormat {
+    None,
+    /// CloudWatch Embedded Metric Format.
+    Emf,
 }
 
 impl LogArgs {
-    /// Install the global subscriber. Logs go to stderr; stdout is for results.
+    /// Install the global subscriber (and metrics). Logs go to stderr; stdout is for results.
     pub fn init(&self) {
+        crate::metrics::init(
+            (self.metrics == MetricsFormat::Emf).then(|| self.metrics_namespace.clone()),
+        );
         let filter = std::env::var("RUST_LOG")
             .ok()
             .and_then(|f| tracing_subscriber::EnvFilter::try_new(f).ok())
@@ -159,6 +181,10 @@ impl LogArgs {
         // SigV4's canonical requests (session tokens). More specific
         // directives win, so these caps hold even with RUST_LOG=trace.
         let mut filter = filter;
+        // Only when something is at TRACE: a directive also raises a target
+        // to its level, and these must never make INFO logs noisier.
+        let tracing_on =
+            filter.max_level_hint() == Some(tracing_subscriber::filter::LevelFilter::TRACE);
         for cap in [
             "aws_smithy_runtime=debug",
             "aws_smithy_runtime_api=debug",
@@ -167,7 +193,7 @@ impl LogArgs {
             "aws_runtime=debug",
             "aws_config=debug",
         ] {
-            if let Ok(d) = cap.parse() {
+            if let (true, Ok(d)) = (tracing_on, cap.parse()) {
                 filter = filter.add_directive(d);
             }
         }
@@ -179,7 +205,9 @@ impl LogArgs {
             LogFormat::Json => builder
                 .json()
                 .flatten_event(true)
-                .with_current_span(false)
+                // The job span's fields (job id, source) go on every line about a job.
+                .with_current_span(true)
+                .with_span_list(false)
                 .try_init(),
         };
     }

@@ -20,6 +20,7 @@ use serde::Serialize;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::copy::{Engine, Outcome};
 use crate::job::Job;
@@ -159,10 +160,14 @@ pub async fn run(
                 opts.clone(),
                 shutdown.child_token(),
             );
-            tasks.spawn(async move {
-                let _permit = permit;
-                handle(&engine, &queue, &store, &opts, m, &cancel).await
-            });
+            let span = tracing::info_span!("job", job_id = %m.id, receive_count = m.receive_count);
+            tasks.spawn(
+                async move {
+                    let _permit = permit;
+                    handle(&engine, &queue, &store, &opts, m, &cancel).await
+                }
+                .instrument(span),
+            );
         }
     }
     // Let jobs in hand finish their cancellation and release their messages.
@@ -306,6 +311,7 @@ async fn handle(
         write_status(store, &source_key, &key, &st, &m.id).await;
     }
     let _ = store.set_row_error(&source_key, None).await;
+    emit_metrics("worker", &report, &job.enqueued_at);
 
     if report.all_synced() {
         if let Err(e) = queue.delete(&m).await {
@@ -334,4 +340,35 @@ async fn write_status(store: &Store, source: &str, dest: &str, st: &DestStatus, 
         }
         Err(e) => tracing::error!(job_id, source, dest, error = %e, "cannot write the status"),
     }
+}
+
+/// One EMF report per copy: outcomes, bytes, time, blob reuse, queue lag.
+pub fn emit_metrics(component: &str, report: &crate::copy::CopyReport, enqueued_at: &str) {
+    use crate::metrics::Unit;
+    let count = |o: Outcome| {
+        report
+            .destinations
+            .iter()
+            .filter(|d| d.outcome == o)
+            .count() as f64
+    };
+    let sum = |f: fn(&crate::copy::DestinationReport) -> u64| {
+        report.destinations.iter().map(f).sum::<u64>() as f64
+    };
+    let mut values = vec![
+        ("ImagesSynced", count(Outcome::Copied), Unit::Count),
+        ("ImagesSkipped", count(Outcome::InSync), Unit::Count),
+        ("ImagesFailed", count(Outcome::Failed), Unit::Count),
+        ("BytesCopied", sum(|d| d.bytes_copied), Unit::Bytes),
+        ("CopySeconds", report.seconds, Unit::Seconds),
+        ("BlobsMounted", sum(|d| d.blobs_mounted), Unit::Count),
+        ("BlobsSkipped", sum(|d| d.blobs_skipped), Unit::Count),
+    ];
+    if let Ok(t) = humantime::parse_rfc3339(enqueued_at) {
+        let lag = std::time::SystemTime::now()
+            .duration_since(t)
+            .unwrap_or_default();
+        values.push(("QueueLagSeconds", lag.as_secs_f64(), Unit::Seconds));
+    }
+    crate::metrics::emit(component, &values);
 }

@@ -29,6 +29,8 @@ pub struct ValidJob {
     pub source_digest: Option<Digest>,
     pub destinations: Vec<Reference>,
     pub reason: String,
+    /// When the controller queued it (RFC 3339), for queue-lag metrics.
+    pub enqueued_at: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -110,6 +112,7 @@ impl Job {
             source_digest: job.source_digest,
             destinations,
             reason: job.reason,
+            enqueued_at: job.enqueued_at,
         })
     }
 }

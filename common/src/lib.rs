@@ -15,6 +15,7 @@
 //! - [`ledger`]: which blobs are present or in flight per repository.
 //! - [`copy`]: the engine that copies one source to many destinations.
 //! - [`cli`]: flags shared by the binaries, logging, tables.
+//! - [`metrics`]: CloudWatch Embedded Metric Format lines.
 //! - [`error`]: the one error type, in words a mirror's owner can act on.
 
 pub mod auth;
@@ -30,6 +31,7 @@ pub mod error;
 pub mod job;
 pub mod ledger;
 pub mod manifest;
+pub mod metrics;
 pub mod plan;
 pub mod queue;
 pub mod reference;

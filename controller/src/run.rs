@@ -146,6 +146,17 @@ pub fn report(
     output: OutputFormat,
     print_json: bool,
 ) -> anyhow::Result<()> {
+    use mirrorfleet_common::metrics::{Unit, emit};
+    emit(
+        "controller",
+        &[
+            ("RowsScanned", summary.rows_scanned as f64, Unit::Count),
+            ("RowsInSync", summary.in_sync as f64, Unit::Count),
+            ("JobsEnqueued", summary.jobs_enqueued as f64, Unit::Count),
+            ("RowsFailed", summary.rows_failed as f64, Unit::Count),
+            ("WorkersStarted", scaled.unwrap_or(0) as f64, Unit::Count),
+        ],
+    );
     tracing::info!(
         rows_scanned = summary.rows_scanned,
         in_sync = summary.in_sync,

@@ -10,6 +10,18 @@ use std::process::Command;
 use mirrorfleet_tests::*;
 use serde_json::Value;
 
+/// The EMF documents a component wrote to stderr.
+fn emf_lines(stderr: &str, component: &str) -> Vec<Value> {
+    let docs: Vec<Value> = stderr
+        .lines()
+        .filter(|l| l.contains("\"_aws\""))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .filter(|v: &Value| v["Component"] == component)
+        .collect();
+    assert!(!docs.is_empty(), "no EMF line from {component}: {stderr}");
+    docs
+}
+
 fn create_stack(stack: &Stack, name: &str) -> Value {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let venv = std::env::var("MIRRORFLEET_VENV")
@@ -95,6 +107,13 @@ async fn the_stack_creates_what_the_fleet_uses_and_the_fleet_runs_on_it() {
         "MIRRORFLEET_PLAIN_HTTP",
         format!("{},{}", stack.src, stack.dst),
     ));
+    // As the job definitions run them: JSON logs and EMF metrics.
+    env.push(("MIRRORFLEET_LOG_FORMAT", "json".into()));
+    env.push(("MIRRORFLEET_METRICS", "emf".into()));
+    env.push((
+        "MIRRORFLEET_METRICS_NAMESPACE",
+        format!("mirrorfleet/{name}"),
+    ));
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let repo = unique("stack");
     let digest = push_image(&stack, &repo, "v1").await;
@@ -125,6 +144,12 @@ async fn the_stack_creates_what_the_fleet_uses_and_the_fleet_runs_on_it() {
     let s: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(s["jobs_enqueued"], 1, "{s}");
     assert_eq!(s["workers_started"], 1, "{s}");
+    let emf = emf_lines(&err, "controller");
+    assert_eq!(emf[0]["JobsEnqueued"], 1.0, "{err}");
+    assert_eq!(
+        emf[0]["_aws"]["CloudWatchMetrics"][0]["Namespace"],
+        format!("mirrorfleet/{name}")
+    );
     let (code, out, err) = run_bin(
         "mirrorfleet-worker",
         &[
@@ -139,6 +164,15 @@ async fn the_stack_creates_what_the_fleet_uses_and_the_fleet_runs_on_it() {
         &env,
     );
     assert_eq!(code, 0, "{out}{err}");
+    let emf = emf_lines(&err, "worker");
+    assert_eq!(emf[0]["ImagesSynced"], 1.0, "{err}");
+    assert!(emf[0]["BytesCopied"].as_f64().unwrap() > 0.0);
+    assert!(emf[0]["QueueLagSeconds"].as_f64().is_some());
+    // Every log line about the job carries its id.
+    for line in err.lines().filter(|l| l.contains("destination synced")) {
+        let v: Value = serde_json::from_str(line).unwrap();
+        assert!(v["span"]["job_id"].is_string(), "{line}");
+    }
     assert_eq!(Skopeo::plain().digest(&dest).unwrap(), digest);
     assert_eq!(queue_depth(&stack, &queue).await, 0);
     assert_eq!(queue_depth(&stack, &dlq).await, 0);

@@ -108,6 +108,7 @@ pub async fn run(config: &Config, shutdown: CancellationToken) -> CopyReport {
         task.abort();
         bar.finish_and_clear();
     }
+    mirrorfleet_common::consume::emit_metrics("copy", &report, "");
     for d in &report.destinations {
         match d.outcome {
             Outcome::Failed => tracing::error!(
