@@ -27,6 +27,9 @@ params = {
     "WorkerImage": "123456789012.dkr.ecr.us-east-1.amazonaws.com/mirrorfleet:test",
     "TableName": f"{name}-mirrors",
     "AlarmEmail": "ops@example.com",
+    # Named so the conditional secret and cross-account policies are created too.
+    "RegistrySecretArns": "arn:aws:secretsmanager:us-east-1:123456789012:secret:dockerhub-AbCdEf",
+    "DestinationRoleArns": "arn:aws:iam::210987654321:role/mirror-push",
 }
 cfn.create_stack(
     StackName=name,

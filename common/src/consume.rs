@@ -160,7 +160,12 @@ pub async fn run(
                 opts.clone(),
                 shutdown.child_token(),
             );
-            let span = tracing::info_span!("job", job_id = %m.id, receive_count = m.receive_count);
+            let span = tracing::info_span!(
+                "job",
+                job_id = %m.id,
+                receive_count = m.receive_count,
+                source = tracing::field::Empty
+            );
             tasks.spawn(
                 async move {
                     let _permit = permit;
@@ -214,6 +219,7 @@ async fn handle(
         }
     };
     let source_key = job.source.to_string();
+    tracing::Span::current().record("source", source_key.as_str());
     let row = match store.get(&source_key).await {
         Ok(Some(r)) => r,
         Ok(None) => {

@@ -63,6 +63,10 @@ async fn the_stack_creates_what_the_fleet_uses_and_the_fleet_runs_on_it() {
         ("CopyJobDefinition", "AWS::Batch::JobDefinition"),
         ("ControllerRole", "AWS::IAM::Role"),
         ("WorkerRole", "AWS::IAM::Role"),
+        ("CopyRole", "AWS::IAM::Role"),
+        ("RegistryAccessPolicy", "AWS::IAM::ManagedPolicy"),
+        ("RegistrySecretsPolicy", "AWS::IAM::ManagedPolicy"),
+        ("DestinationRolesPolicy", "AWS::IAM::ManagedPolicy"),
         ("ScheduleRule", "AWS::Events::Rule"),
         ("EcrPushRule", "AWS::Events::Rule"),
         ("WorkerLogGroup", "AWS::Logs::LogGroup"),
@@ -172,6 +176,7 @@ async fn the_stack_creates_what_the_fleet_uses_and_the_fleet_runs_on_it() {
     for line in err.lines().filter(|l| l.contains("destination synced")) {
         let v: Value = serde_json::from_str(line).unwrap();
         assert!(v["span"]["job_id"].is_string(), "{line}");
+        assert_eq!(v["span"]["source"], src, "{line}");
     }
     assert_eq!(Skopeo::plain().digest(&dest).unwrap(), digest);
     assert_eq!(queue_depth(&stack, &queue).await, 0);
