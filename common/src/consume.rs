@@ -344,6 +344,7 @@ async fn write_status(store: &Store, source: &str, dest: &str, st: &DestStatus, 
                 "the row was deleted during the copy; status not written"
             );
         }
+        Err(e @ StoreError::Stale { .. }) => tracing::info!(job_id, source, "{e}"),
         Err(e) => tracing::error!(job_id, source, dest, error = %e, "cannot write the status"),
     }
 }

@@ -133,7 +133,8 @@ pub async fn apply(
 
 fn note(r: Result<(), StoreError>, source: &str) {
     match r {
-        Ok(()) | Err(StoreError::RowGone(_)) => {}
+        // A deleted row, or a worker's newer status: nothing to record.
+        Ok(()) | Err(StoreError::RowGone(_)) | Err(StoreError::Stale { .. }) => {}
         Err(e) => tracing::error!(source, error = %e, "cannot write to the table"),
     }
 }

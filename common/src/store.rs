@@ -24,6 +24,10 @@ pub enum StoreError {
     Dynamo { table: String, message: String },
     #[error("the row for {0} no longer exists (deleted while its job was queued)")]
     RowGone(String),
+    #[error(
+        "a newer attempt already wrote the status of {dest}; this older result was not recorded"
+    )]
+    Stale { dest: String },
     #[error(transparent)]
     Table(#[from] crate::table::TableError),
 }
@@ -91,6 +95,15 @@ fn chain<E: std::error::Error + 'static>(e: &E) -> String {
 }
 
 impl DynamoStore {
+    /// A store on `table` through an explicitly configured client.
+    pub fn with_client(client: aws_sdk_dynamodb::Client, table: &str) -> DynamoStore {
+        DynamoStore {
+            client,
+            table: table.to_string(),
+            page_size: None,
+        }
+    }
+
     /// A store on `table`, with region, credentials and endpoint from the
     /// standard AWS configuration.
     pub async fn new(table: &str) -> DynamoStore {
@@ -275,24 +288,37 @@ impl DynamoStore {
         use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
         let value = status_to_attr(st);
         for attempt in 0..2 {
-            let r = self
+            let mut req = self
                 .client
                 .update_item()
                 .table_name(&self.table)
                 .key("source", s(source))
                 .update_expression("SET #st.#d = :v")
-                .condition_expression("attribute_exists(#src)")
                 .expression_attribute_names("#st", "status")
                 .expression_attribute_names("#d", dest)
                 .expression_attribute_names("#src", "source")
-                .expression_attribute_values(":v", value.clone())
-                .send()
-                .await;
-            match r {
+                .expression_attribute_values(":v", value.clone());
+            // Never let an older attempt's result overwrite a newer one's
+            // (RFC 3339 UTC strings of one format compare in time order).
+            req = match &st.last_attempt {
+                Some(t) => req
+                    .condition_expression(
+                        "attribute_exists(#src) AND (attribute_not_exists(#st.#d.#la) OR #st.#d.#la <= :t)",
+                    )
+                    .expression_attribute_names("#la", "last_attempt")
+                    .expression_attribute_values(":t", s(t.clone())),
+                None => req.condition_expression("attribute_exists(#src)"),
+            };
+            match req.send().await {
                 Ok(_) => return Ok(()),
                 Err(e) => match e.as_service_error() {
                     Some(UpdateItemError::ConditionalCheckFailedException(_)) => {
-                        return Err(StoreError::RowGone(source.to_string()));
+                        return Err(match self.get(source).await? {
+                            Some(_) => StoreError::Stale {
+                                dest: dest.to_string(),
+                            },
+                            None => StoreError::RowGone(source.to_string()),
+                        });
                     }
                     // The row has no `status` map yet (written by hand): create it, then retry.
                     _ if attempt == 0 && chain(&e).contains("document path") => {
@@ -577,11 +603,20 @@ impl FileStore {
             return Err(StoreError::RowGone(source.to_string()));
         }
         let mut state = self.state.lock().await;
-        state
-            .status
-            .entry(source.to_string())
-            .or_default()
-            .insert(dest.to_string(), st.clone());
+        let row = state.status.entry(source.to_string()).or_default();
+        let newer_recorded = match (
+            row.get(dest).and_then(|old| old.last_attempt.as_ref()),
+            &st.last_attempt,
+        ) {
+            (Some(old), Some(new)) => old > new,
+            _ => false,
+        };
+        if newer_recorded {
+            return Err(StoreError::Stale {
+                dest: dest.to_string(),
+            });
+        }
+        row.insert(dest.to_string(), st.clone());
         self.save(&state)
     }
 
@@ -708,6 +743,53 @@ mod tests {
             let err = row_from_item(&it).row.unwrap_err();
             assert!(err.contains(want), "{err}");
         }
+    }
+
+    #[tokio::test]
+    async fn file_store_refuses_older_results_and_unknown_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("m.yaml");
+        std::fs::write(
+            &file,
+            "mirrors:\n  - source: a.example.com/x:1\n    destinations: [b.example.com/x:1]\n",
+        )
+        .unwrap();
+        let store = Store::File(FileStore::open(&file).unwrap());
+        let at = |t: &str, state| DestStatus {
+            state: Some(state),
+            last_attempt: Some(t.into()),
+            ..Default::default()
+        };
+        let (src, dst) = ("a.example.com/x:1", "b.example.com/x:1");
+        store
+            .update_status(src, dst, &at("2026-01-01T00:00:10Z", State::Synced))
+            .await
+            .unwrap();
+        assert!(matches!(
+            store
+                .update_status(src, dst, &at("2026-01-01T00:00:05Z", State::Failed))
+                .await,
+            Err(StoreError::Stale { .. })
+        ));
+        store
+            .update_status(src, dst, &at("2026-01-01T00:00:20Z", State::Failed))
+            .await
+            .unwrap();
+        assert!(matches!(
+            store
+                .update_status(
+                    "a.example.com/y:1",
+                    dst,
+                    &at("2026-01-01T00:00:30Z", State::Synced)
+                )
+                .await,
+            Err(StoreError::RowGone(_))
+        ));
+        // The state survives a reopen.
+        let again = Store::File(FileStore::open(&file).unwrap());
+        let rows = again.scan(1).await.unwrap();
+        let row = rows[0].row.as_ref().unwrap();
+        assert_eq!(row.status[dst].state, Some(State::Failed));
     }
 
     #[test]

@@ -568,3 +568,52 @@ async fn malformed_jobs_reach_the_dlq_and_a_deleted_rows_job_is_dropped() {
     );
     assert!(table_json(&env).is_empty(), "the deleted row came back");
 }
+
+#[tokio::test]
+async fn an_older_result_never_overwrites_a_newer_one() {
+    use mirrorfleet_common::store::{DynamoStore, Store, StoreError};
+    use mirrorfleet_common::table::{DestStatus, State};
+    let stack = Stack::get();
+    let (env, _, _) = setup(&stack, "regress").await;
+    let table = env
+        .iter()
+        .find(|(k, _)| k == "MIRRORFLEET_TABLE")
+        .unwrap()
+        .1
+        .clone();
+    let src = format!("{}/{}:v1", stack.src, unique("regress"));
+    let dest = format!("{}/{}:v1", stack.dst, unique("regress"));
+    add_row(&env, &src, &dest);
+    let store = Store::Dynamo(DynamoStore::with_client(moto_dynamodb(&stack), &table));
+    let status = |state, at: &str| DestStatus {
+        state: Some(state),
+        last_attempt: Some(at.to_string()),
+        ..Default::default()
+    };
+    store
+        .update_status(&src, &dest, &status(State::Synced, "2026-11-22T12:00:10Z"))
+        .await
+        .unwrap();
+    // A slow worker's older attempt finishes late: refused.
+    let late = store
+        .update_status(&src, &dest, &status(State::Failed, "2026-11-22T12:00:05Z"))
+        .await;
+    assert!(matches!(late, Err(StoreError::Stale { .. })), "{late:?}");
+    let (state, _) = state_of(&table_json(&env), &dest);
+    assert_eq!(state, "synced");
+    // A newer attempt's result is written.
+    store
+        .update_status(&src, &dest, &status(State::Failed, "2026-11-22T12:00:20Z"))
+        .await
+        .unwrap();
+    assert_eq!(state_of(&table_json(&env), &dest).0, "failed");
+    // A deleted row is not brought back.
+    let gone = store
+        .update_status(
+            "docker.io/library/nope:1",
+            &dest,
+            &status(State::Synced, "2026-11-22T12:00:30Z"),
+        )
+        .await;
+    assert!(matches!(gone, Err(StoreError::RowGone(_))), "{gone:?}");
+}
