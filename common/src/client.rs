@@ -87,6 +87,35 @@ pub struct RequestStats {
     pub token_fetches: AtomicU64,
 }
 
+/// A snapshot of [`RequestStats`], for reports.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct RequestCounts {
+    pub requests: u64,
+    pub retries: u64,
+    pub reauths: u64,
+    pub token_fetches: u64,
+}
+
+impl RequestCounts {
+    pub fn add(&mut self, o: &RequestCounts) {
+        self.requests += o.requests;
+        self.retries += o.retries;
+        self.reauths += o.reauths;
+        self.token_fetches += o.token_fetches;
+    }
+}
+
+impl RequestStats {
+    pub fn snapshot(&self) -> RequestCounts {
+        RequestCounts {
+            requests: self.requests.load(Ordering::Relaxed),
+            retries: self.retries.load(Ordering::Relaxed),
+            reauths: self.reauths.load(Ordering::Relaxed),
+            token_fetches: self.token_fetches.load(Ordering::Relaxed),
+        }
+    }
+}
+
 /// What a HEAD on a manifest tells.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ManifestHead {
@@ -116,6 +145,10 @@ pub struct Registry {
     limit: Semaphore,
     pub stats: RequestStats,
 }
+
+/// How long a response may go silent before the request counts as failed
+/// (and is retried): long enough for a registry assembling a large blob.
+const DEFAULT_READ_TIMEOUT_SECS: u64 = 120;
 
 const USER_AGENT: &str = concat!("mirrorfleet/", env!("CARGO_PKG_VERSION"));
 
@@ -149,7 +182,11 @@ impl Registry {
         let mut builder = reqwest::Client::builder()
             .user_agent(USER_AGENT)
             .connect_timeout(Duration::from_secs(15))
-            .read_timeout(Duration::from_secs(120))
+            .read_timeout(Duration::from_secs(
+                settings
+                    .read_timeout_seconds
+                    .unwrap_or(DEFAULT_READ_TIMEOUT_SECS),
+            ))
             .pool_idle_timeout(Duration::from_secs(60));
         if let Some(ca) = &settings.ca_file {
             let pem = std::fs::read(ca)
@@ -379,6 +416,7 @@ impl Registry {
                 Class::Success => return Ok(resp),
                 Class::Final if status == StatusCode::NOT_FOUND => return Ok(resp),
                 Class::Reauth if !reauthed => {
+                    tracing::debug!(registry = %self.host, "credentials refused or expired; authenticating again");
                     reauthed = true;
                     force_token = true;
                     self.stats.reauths.fetch_add(1, Ordering::Relaxed);
@@ -390,6 +428,7 @@ impl Registry {
                     // ECR says "Your authorization token has expired" with 403.
                     let body = read_error_text(resp).await;
                     if body.to_ascii_lowercase().contains("expired") {
+                        tracing::info!(registry = %self.host, "token expired; fetching a new one");
                         reauthed = true;
                         force_token = true;
                         self.stats.reauths.fetch_add(1, Ordering::Relaxed);
@@ -513,31 +552,43 @@ impl Registry {
 
     async fn get_manifest_opt(&self, repo: &str, reference: &str) -> Result<Option<Manifest>> {
         let url = self.url(&format!("v2/{repo}/manifests/{reference}"));
-        let resp = self
-            .send(&Scope::pull(repo), |c| {
-                c.get(url.clone()).header(ACCEPT, MANIFEST_ACCEPT)
-            })
-            .await?;
-        if resp.status() == StatusCode::NOT_FOUND {
-            return Ok(None);
-        }
         let what = format!("manifest {}/{repo}@{reference}", self.host);
-        let content_type = header_str(resp.headers(), CONTENT_TYPE).unwrap_or_default();
-        let claimed = header_str(resp.headers(), "docker-content-digest");
-        if resp
-            .content_length()
-            .is_some_and(|l| l > MAX_MANIFEST_BYTES as u64)
-        {
-            return Err(Error::Manifest {
-                what,
-                source: crate::manifest::ManifestError::TooLarge(
-                    resp.content_length().unwrap_or_default() as usize,
-                ),
-            });
-        }
-        let raw = read_limited(resp, MAX_MANIFEST_BYTES)
-            .await
-            .map_err(|e| self.transport_error(&e))?;
+        // `send` retries until the headers arrive; a body cut short is
+        // retried here with the same budget.
+        let mut delays = retry::backoff();
+        let (content_type, claimed, raw) = loop {
+            let resp = self
+                .send(&Scope::pull(repo), |c| {
+                    c.get(url.clone()).header(ACCEPT, MANIFEST_ACCEPT)
+                })
+                .await?;
+            if resp.status() == StatusCode::NOT_FOUND {
+                return Ok(None);
+            }
+            let content_type = header_str(resp.headers(), CONTENT_TYPE).unwrap_or_default();
+            let claimed = header_str(resp.headers(), "docker-content-digest");
+            if let Some(len) = resp
+                .content_length()
+                .filter(|l| *l > MAX_MANIFEST_BYTES as u64)
+            {
+                return Err(Error::Manifest {
+                    what,
+                    source: crate::manifest::ManifestError::TooLarge(len as usize),
+                });
+            }
+            match read_limited(resp, MAX_MANIFEST_BYTES).await {
+                Ok(raw) => break (content_type, claimed, raw),
+                Err(e) if is_transient(&e) => match delays.next() {
+                    Some(d) => {
+                        self.stats.retries.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(registry = %self.host, error = %error_chain(&e), "manifest body cut short; retrying");
+                        tokio::time::sleep(d).await;
+                    }
+                    None => return Err(self.transport_error(&e)),
+                },
+                Err(e) => return Err(self.transport_error(&e)),
+            }
+        };
         let manifest =
             Manifest::from_raw(raw, &content_type).map_err(|source| Error::Manifest {
                 what: what.clone(),

@@ -20,7 +20,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use serde::Serialize;
@@ -53,7 +53,7 @@ impl Default for CopyOptions {
         CopyOptions {
             overwrite: true,
             blob_concurrency: 8,
-            blob_attempts: 3,
+            blob_attempts: 5,
         }
     }
 }
@@ -542,14 +542,22 @@ impl Engine {
             }
         }
         let mut attempt = 1;
+        let mut delays = crate::retry::backoff();
         while !targets.is_empty() {
+            if attempt > 1 {
+                tokio::time::sleep(delays.next().unwrap_or(Duration::from_secs(1))).await;
+            }
             let outcome = self
                 .stream_blob(src, src_repo, blob, &targets, bytes_read)
                 .await;
             let results = match outcome {
                 Ok(r) => r,
-                // Unreadable after the client's own retries, or lying: nothing more to try.
-                Err(e) if !e.is_transient() || attempt >= self.options.blob_attempts => {
+                // Bytes damaged in transit read right the next time; a registry
+                // that lies keeps failing and ends with the mismatch error.
+                Err(e)
+                    if !(e.is_transient() || matches!(e, Error::DigestMismatch { .. }))
+                        || attempt >= self.options.blob_attempts =>
+                {
                     return Err(e);
                 }
                 Err(e) => {

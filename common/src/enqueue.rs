@@ -13,6 +13,9 @@ use crate::scan::RowPlan;
 use crate::store::{Store, StoreError};
 use crate::table::{DestStatus, State, now_rfc3339};
 
+/// Jobs claimed and sent together (SQS takes 10 messages per batch).
+const SEND_BATCH: usize = 10;
+
 /// What a controller run found and did.
 #[derive(Debug, Default, Clone, Serialize)]
 pub struct RunSummary {
@@ -108,27 +111,100 @@ pub async fn apply(
             }
         }
     }
-    summary.jobs_enqueued = jobs.len() as u64;
-    summary.destinations_queued = jobs.iter().map(|(j, _)| j.destinations.len() as u64).sum();
-    if !dry_run && !jobs.is_empty() {
-        if let Some(q) = queue {
-            let bodies: Vec<Job> = jobs.iter().map(|(j, _)| j.clone()).collect();
-            q.send(&bodies).await?;
-        }
-        let now = now_rfc3339();
-        for (job, rp) in &jobs {
-            let Some(row) = &rp.row else { continue };
-            for d in &job.destinations {
-                let mut st: DestStatus = row.status.get(d).cloned().unwrap_or_default();
-                st.state = Some(State::Queued);
-                st.source_digest = job.source_digest.clone();
-                st.queued_at = Some(now.clone());
-                note(store.update_status(&rp.key, d, &st).await, &rp.key);
+    let count = |jobs: &[(Job, &RowPlan)]| {
+        (
+            jobs.len() as u64,
+            jobs.iter()
+                .map(|(j, _)| j.destinations.len() as u64)
+                .sum::<u64>(),
+        )
+    };
+    if dry_run {
+        (summary.jobs_enqueued, summary.destinations_queued) = count(&jobs);
+    } else {
+        // Claim and send one batch at a time: a controller killed mid-way
+        // leaves at most one batch claimed but unsent, and those rows are
+        // queued again after the hold-off.
+        let mut rest = jobs.into_iter().peekable();
+        while rest.peek().is_some() {
+            let batch: Vec<_> = rest.by_ref().take(SEND_BATCH).collect();
+            let claimed = claim(store, batch, &mut summary).await;
+            if claimed.is_empty() {
+                continue;
             }
+            if let Some(q) = queue {
+                let bodies: Vec<Job> = claimed.iter().map(|(j, _)| j.clone()).collect();
+                if let Err(e) = q.send(&bodies).await {
+                    release(store, &claimed).await;
+                    return Err(e.into());
+                }
+            }
+            let (j, d) = count(&claimed);
+            summary.jobs_enqueued += j;
+            summary.destinations_queued += d;
         }
     }
     summary.seconds = started.elapsed().as_secs_f64();
     Ok(summary)
+}
+
+/// Mark each job's destinations queued, conditional on nobody having queued
+/// them since the scan; keep only what this controller claimed. Another
+/// controller running at the same time (or a restarted one) then never
+/// sends a second job for the same destination.
+async fn claim<'a>(
+    store: &Store,
+    jobs: Vec<(Job, &'a RowPlan)>,
+    summary: &mut RunSummary,
+) -> Vec<(Job, &'a RowPlan)> {
+    let now = now_rfc3339();
+    let mut claimed = Vec::with_capacity(jobs.len());
+    for (mut job, rp) in jobs {
+        let Some(row) = &rp.row else { continue };
+        let mut mine = Vec::with_capacity(job.destinations.len());
+        for d in &job.destinations {
+            let before = row.status.get(d).cloned().unwrap_or_default();
+            let st = DestStatus {
+                state: Some(State::Queued),
+                source_digest: job.source_digest.clone(),
+                queued_at: Some(now.clone()),
+                ..before.clone()
+            };
+            match store
+                .claim_queued(&rp.key, d, before.queued_at.as_deref(), &st)
+                .await
+            {
+                Ok(()) => mine.push(d.clone()),
+                Err(StoreError::Stale { .. }) => {
+                    summary.already_queued += 1;
+                    tracing::info!(source = %rp.key, destination = %d, "another controller queued it first");
+                }
+                Err(StoreError::RowGone(_)) => {}
+                Err(e) => {
+                    // Unclaimed but sent: a possible duplicate beats a lost job.
+                    tracing::error!(source = %rp.key, error = %e, "cannot mark the destination queued");
+                    mine.push(d.clone());
+                }
+            }
+        }
+        if !mine.is_empty() {
+            job.destinations = mine;
+            claimed.push((job, rp));
+        }
+    }
+    claimed
+}
+
+/// Give claims back when their jobs could not be sent, so the next run does
+/// not wait out the hold-off for them.
+async fn release(store: &Store, claimed: &[(Job, &RowPlan)]) {
+    for (job, rp) in claimed {
+        let Some(row) = &rp.row else { continue };
+        for d in &job.destinations {
+            let before = row.status.get(d).cloned().unwrap_or_default();
+            note(store.update_status(&rp.key, d, &before).await, &rp.key);
+        }
+    }
 }
 
 fn note(r: Result<(), StoreError>, source: &str) {

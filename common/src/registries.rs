@@ -1,13 +1,13 @@
 //! Builds and caches one [`Registry`] client per registry host (and per
 //! explicit credential set), resolving each host's settings and credentials.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use tokio::sync::Mutex;
 
 use crate::auth::{Credentials, DockerConfig};
-use crate::client::{CredentialSource, Registry};
+use crate::client::{CredentialSource, Registry, RequestCounts};
 use crate::ecr::{Ecr, EcrHost};
 use crate::error::Result;
 use crate::settings::Settings;
@@ -95,8 +95,14 @@ impl Registries {
         Ok(registry)
     }
 
-    /// Every client built so far, for request statistics.
-    pub async fn clients(&self) -> Vec<Arc<Registry>> {
-        self.clients.lock().await.values().cloned().collect()
+    /// Requests, retries and re-authentications so far, per registry host.
+    pub async fn request_counts(&self) -> BTreeMap<String, RequestCounts> {
+        let mut out: BTreeMap<String, RequestCounts> = BTreeMap::new();
+        for ((host, _), client) in self.clients.lock().await.iter() {
+            out.entry(host.clone())
+                .or_default()
+                .add(&client.stats.snapshot());
+        }
+        out
     }
 }

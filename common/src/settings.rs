@@ -11,6 +11,7 @@
 //!     username: mirror
 //!     password_env: INTERNAL_REGISTRY_PASSWORD
 //!     max_concurrency: 8
+//!     read_timeout_seconds: 60
 //!   123456789012.dkr.ecr.us-east-1.amazonaws.com:
 //!     role_arn: arn:aws:iam::123456789012:role/mirror-push
 //! ecr:
@@ -62,6 +63,10 @@ pub struct RegistrySettings {
     /// Concurrent requests to this registry (default 16).
     #[serde(default)]
     pub max_concurrency: Option<usize>,
+    /// Seconds a response may stay silent before the request is retried
+    /// (default 120).
+    #[serde(default)]
+    pub read_timeout_seconds: Option<u64>,
     /// For ECR hosts: assume this role to get the registry's token.
     #[serde(default)]
     pub role_arn: Option<String>,

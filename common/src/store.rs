@@ -63,8 +63,26 @@ impl Store {
         status: &DestStatus,
     ) -> Result<(), StoreError> {
         match self {
-            Store::Dynamo(d) => d.update_status(source, dest, status).await,
-            Store::File(f) => f.update_status(source, dest, status).await,
+            Store::Dynamo(d) => d.write_status(source, dest, status, Guard::Attempt).await,
+            Store::File(f) => f.write_status(source, dest, status, Guard::Attempt).await,
+        }
+    }
+
+    /// Mark `dest` queued only if nobody else queued it since this
+    /// controller read the row (`seen_queued_at`): two controllers running
+    /// at once then never both send a job for it. Fails with
+    /// [`StoreError::Stale`] when another controller won.
+    pub async fn claim_queued(
+        &self,
+        source: &str,
+        dest: &str,
+        seen_queued_at: Option<&str>,
+        status: &DestStatus,
+    ) -> Result<(), StoreError> {
+        let guard = Guard::QueuedAt(seen_queued_at);
+        match self {
+            Store::Dynamo(d) => d.write_status(source, dest, status, guard).await,
+            Store::File(f) => f.write_status(source, dest, status, guard).await,
         }
     }
 
@@ -75,6 +93,15 @@ impl Store {
             Store::File(f) => f.set_row_error(source, error).await,
         }
     }
+}
+
+/// What must still hold for a status write to land.
+#[derive(Debug, Clone, Copy)]
+enum Guard<'a> {
+    /// No newer attempt's result is recorded (results of workers).
+    Attempt,
+    /// `queued_at` is still what the controller saw (claims of controllers).
+    QueuedAt(Option<&'a str>),
 }
 
 // ---------------------------------------------------------------- DynamoDB
@@ -285,6 +312,16 @@ impl DynamoStore {
         dest: &str,
         st: &DestStatus,
     ) -> Result<(), StoreError> {
+        self.write_status(source, dest, st, Guard::Attempt).await
+    }
+
+    async fn write_status(
+        &self,
+        source: &str,
+        dest: &str,
+        st: &DestStatus,
+        guard: Guard<'_>,
+    ) -> Result<(), StoreError> {
         use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
         let value = status_to_attr(st);
         for attempt in 0..2 {
@@ -300,14 +337,21 @@ impl DynamoStore {
                 .expression_attribute_values(":v", value.clone());
             // Never let an older attempt's result overwrite a newer one's
             // (RFC 3339 UTC strings of one format compare in time order).
-            req = match &st.last_attempt {
-                Some(t) => req
+            req = match (guard, &st.last_attempt) {
+                (Guard::Attempt, Some(t)) => req
                     .condition_expression(
                         "attribute_exists(#src) AND (attribute_not_exists(#st.#d.#la) OR #st.#d.#la <= :t)",
                     )
                     .expression_attribute_names("#la", "last_attempt")
                     .expression_attribute_values(":t", s(t.clone())),
-                None => req.condition_expression("attribute_exists(#src)"),
+                (Guard::Attempt, None) => req.condition_expression("attribute_exists(#src)"),
+                (Guard::QueuedAt(Some(seen)), _) => req
+                    .condition_expression("attribute_exists(#src) AND #st.#d.#qa = :seen")
+                    .expression_attribute_names("#qa", "queued_at")
+                    .expression_attribute_values(":seen", s(seen)),
+                (Guard::QueuedAt(None), _) => req
+                    .condition_expression("attribute_exists(#src) AND attribute_not_exists(#st.#d.#qa)")
+                    .expression_attribute_names("#qa", "queued_at"),
             };
             match req.send().await {
                 Ok(_) => return Ok(()),
@@ -593,25 +637,27 @@ impl FileStore {
         self.mirrors.iter().any(|m| m.source.to_string() == source)
     }
 
-    async fn update_status(
+    async fn write_status(
         &self,
         source: &str,
         dest: &str,
         st: &DestStatus,
+        guard: Guard<'_>,
     ) -> Result<(), StoreError> {
         if !self.known(source) {
             return Err(StoreError::RowGone(source.to_string()));
         }
         let mut state = self.state.lock().await;
         let row = state.status.entry(source.to_string()).or_default();
-        let newer_recorded = match (
-            row.get(dest).and_then(|old| old.last_attempt.as_ref()),
-            &st.last_attempt,
-        ) {
-            (Some(old), Some(new)) => old > new,
-            _ => false,
+        let old = row.get(dest);
+        let refused = match guard {
+            Guard::Attempt => match (old.and_then(|o| o.last_attempt.as_ref()), &st.last_attempt) {
+                (Some(old), Some(new)) => old > new,
+                _ => false,
+            },
+            Guard::QueuedAt(seen) => old.and_then(|o| o.queued_at.as_deref()) != seen,
         };
-        if newer_recorded {
+        if refused {
             return Err(StoreError::Stale {
                 dest: dest.to_string(),
             });
@@ -790,6 +836,45 @@ mod tests {
         let rows = again.scan(1).await.unwrap();
         let row = rows[0].row.as_ref().unwrap();
         assert_eq!(row.status[dst].state, Some(State::Failed));
+    }
+
+    #[tokio::test]
+    async fn only_one_controller_claims_a_destination() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("m.yaml");
+        std::fs::write(
+            &file,
+            "mirrors:\n  - source: a.example.com/x:1\n    destinations: [b.example.com/x:1]\n",
+        )
+        .unwrap();
+        let store = Store::File(FileStore::open(&file).unwrap());
+        let (src, dst) = ("a.example.com/x:1", "b.example.com/x:1");
+        let queued = |t: &str| DestStatus {
+            state: Some(State::Queued),
+            queued_at: Some(t.into()),
+            ..Default::default()
+        };
+        // Both controllers saw no queued_at; the first claim wins.
+        store
+            .claim_queued(src, dst, None, &queued("2026-01-01T00:00:01Z"))
+            .await
+            .unwrap();
+        assert!(matches!(
+            store
+                .claim_queued(src, dst, None, &queued("2026-01-01T00:00:02Z"))
+                .await,
+            Err(StoreError::Stale { .. })
+        ));
+        // A controller that saw the current claim may renew it.
+        store
+            .claim_queued(
+                src,
+                dst,
+                Some("2026-01-01T00:00:01Z"),
+                &queued("2026-01-01T02:00:00Z"),
+            )
+            .await
+            .unwrap();
     }
 
     #[test]

@@ -8,7 +8,7 @@ use anyhow::Context;
 use clap::Args;
 use mirrorfleet_common::cli::{OutputFormat, RegistryArgs, table};
 use mirrorfleet_common::enqueue::{self, RunSummary};
-use mirrorfleet_common::plan::{DEFAULT_REQUEUE_AFTER, Plan};
+use mirrorfleet_common::plan::Plan;
 use mirrorfleet_common::queue::{Queue, SqsQueue};
 use mirrorfleet_common::scan::{self, EventFilter, RowPlan};
 use mirrorfleet_common::store::{DynamoStore, Store};
@@ -43,6 +43,10 @@ pub struct RunArgs {
     /// Rows checked at once (each one HEADs its source and destinations).
     #[arg(long, env = "MIRRORFLEET_PROBE_CONCURRENCY", default_value_t = 16)]
     probe_concurrency: usize,
+    /// Queue a destination again when it has been `queued` this long with no
+    /// result (its message was lost, or a controller died before sending it).
+    #[arg(long, env = "MIRRORFLEET_REQUEUE_AFTER", default_value = "1h", value_parser = parse_duration)]
+    requeue_after: std::time::Duration,
     /// Print the plan and change nothing (no table writes, no messages, no workers).
     #[arg(long, env = "MIRRORFLEET_DRY_RUN")]
     dry_run: bool,
@@ -114,7 +118,7 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         args.segments,
         filter.as_ref(),
         args.probe_concurrency,
-        DEFAULT_REQUEUE_AFTER,
+        args.requeue_after,
     )
     .await
     .context("scanning the table")?;

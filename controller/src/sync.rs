@@ -56,7 +56,8 @@ pub async fn main(args: SyncArgs, shutdown: CancellationToken) -> ExitCode {
     match run(args, shutdown).await {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            let e: &(dyn std::error::Error + 'static) = e.as_ref();
+            eprintln!("error: {}", mirrorfleet_common::cli::error_line(e));
             ExitCode::from(2)
         }
     }
@@ -114,7 +115,11 @@ async fn once(
     match args.output {
         OutputFormat::Text => crate::table_cmd::list(&rows, OutputFormat::Text)?,
         OutputFormat::Json => {
-            let v = serde_json::json!({"plan": summary, "workers": consumed});
+            let v = serde_json::json!({
+                "plan": summary,
+                "workers": consumed,
+                "registries": engine.registries().request_counts().await,
+            });
             println!("{}", serde_json::to_string_pretty(&v)?);
         }
     }

@@ -8,6 +8,8 @@
 // Test code: a panic is how a check fails.
 #![allow(clippy::unwrap_used)]
 
+pub mod faults;
+
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -315,6 +317,46 @@ impl Pusher {
         raw.push(b'\n');
         self.manifest(repo, tag, mt, &raw).await?;
         Ok(sha256(&raw))
+    }
+}
+
+impl Pusher {
+    /// `repos` x `tags` two-platform images under `<prefix>-<n>:t<m>`, all
+    /// sharing one base layer per repository, each platform with a layer of
+    /// its own. Returns (repository, tag, index digest) per image.
+    pub async fn fleet(
+        &self,
+        prefix: &str,
+        repos: usize,
+        tags: usize,
+        layer_kb: usize,
+    ) -> Result<Vec<(String, String, String)>> {
+        let base = random_bytes(layer_kb * 1024);
+        let mut out = Vec::with_capacity(repos * tags);
+        for r in 0..repos {
+            let repo = format!("{prefix}-{r}");
+            let base_desc = self.blob(&repo, &base).await?;
+            for t in 0..tags {
+                let mut children = Vec::new();
+                for arch in ["amd64", "arm64"] {
+                    let own = self.blob(&repo, &random_bytes(layer_kb * 1024)).await?;
+                    let cfg = serde_json::to_vec(
+                        &json!({"architecture": arch, "os": "linux", "tag": t}),
+                    )?;
+                    let cfg = self.blob_typed(&repo, &cfg, OCI_CONFIG).await?;
+                    let m =
+                        serde_json::to_vec(&json!({"schemaVersion": 2, "mediaType": OCI_MANIFEST,
+                        "config": cfg, "layers": [base_desc.clone(), own]}))?;
+                    let mut desc = self.manifest(&repo, &sha256(&m), OCI_MANIFEST, &m).await?;
+                    desc["platform"] = json!({"os": "linux", "architecture": arch});
+                    children.push(desc);
+                }
+                let tag = format!("t{t}");
+                let digest = self.index(&repo, &tag, false, children, json!({})).await?;
+                out.push((repo.clone(), tag, digest));
+            }
+        }
+        Ok(out)
     }
 }
 

@@ -43,42 +43,13 @@ struct Args {
     layer_kb: usize,
 }
 
-/// Two-platform images sharing one base layer: each platform adds its own layer.
 async fn fleet(p: &Pusher, a: &Args, spec: &str) -> anyhow::Result<()> {
     let (repos, tags) = spec
         .split_once('x')
         .and_then(|(r, t)| Some((r.parse::<usize>().ok()?, t.parse::<usize>().ok()?)))
         .ok_or_else(|| anyhow::anyhow!("--fleet wants REPOSxTAGS, e.g. 20x10"))?;
-    let base = mirrorfleet_tests::random_bytes(a.layer_kb * 1024);
-    for r in 0..repos {
-        let repo = format!("{}-{r}", a.repo);
-        let base_desc = p.blob(&repo, &base).await?;
-        for t in 0..tags {
-            let mut children = Vec::new();
-            for arch in ["amd64", "arm64"] {
-                let own = p
-                    .blob(&repo, &mirrorfleet_tests::random_bytes(a.layer_kb * 1024))
-                    .await?;
-                let cfg =
-                    serde_json::to_vec(&json!({"architecture": arch, "os": "linux", "tag": t}))?;
-                let cfg = p
-                    .blob_typed(&repo, &cfg, mirrorfleet_tests::OCI_CONFIG)
-                    .await?;
-                let m = serde_json::to_vec(
-                    &json!({"schemaVersion": 2, "mediaType": mirrorfleet_tests::OCI_MANIFEST,
-                    "config": cfg, "layers": [base_desc.clone(), own]}),
-                )?;
-                let d = mirrorfleet_tests::sha256(&m);
-                let mut desc = p
-                    .manifest(&repo, &d, mirrorfleet_tests::OCI_MANIFEST, &m)
-                    .await?;
-                desc["platform"] = json!({"os": "linux", "architecture": arch});
-                children.push(desc);
-            }
-            let tag = format!("t{t}");
-            let digest = p.index(&repo, &tag, false, children, json!({})).await?;
-            println!("{repo} {tag} {digest}");
-        }
+    for (repo, tag, digest) in p.fleet(&a.repo, repos, tags, a.layer_kb).await? {
+        println!("{repo} {tag} {digest}");
     }
     Ok(())
 }

@@ -1,0 +1,460 @@
+//! Reliability: the copy engine behind a fault-injecting proxy
+//! ([`mirrorfleet_tests::faults`]) converges on the source digest, or fails
+//! with a clear error and pushes nothing. Results are checked with skopeo
+//! against the real registries behind the proxies.
+
+// Test code: a panic is how a check fails.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mirrorfleet_common::auth::DockerConfig;
+use mirrorfleet_common::copy::{CopyOptions, Engine, Outcome};
+use mirrorfleet_common::registries::Registries;
+use mirrorfleet_common::settings::{RegistrySettings, Settings};
+use mirrorfleet_common::{CopyReport, Reference};
+use mirrorfleet_tests::faults::{Counts, Expiry, FaultProxy, Faults};
+use mirrorfleet_tests::*;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+/// Plain HTTP for the stack and the proxies, with a short read timeout so a
+/// stalled response is abandoned quickly.
+fn settings(stack: &Stack, proxies: &[&FaultProxy]) -> Settings {
+    let mut s = Settings::default();
+    for h in [&stack.src, &stack.dst] {
+        s.mark_plain_http(h);
+    }
+    for p in proxies {
+        s.registries.insert(
+            p.addr.clone(),
+            RegistrySettings {
+                plain_http: true,
+                read_timeout_seconds: Some(1),
+                ..Default::default()
+            },
+        );
+    }
+    s
+}
+
+fn engine(settings: Settings) -> Engine {
+    Engine::new(
+        Arc::new(Registries::new(
+            settings,
+            DockerConfig::default(),
+            None,
+            None,
+        )),
+        CopyOptions::default(),
+    )
+}
+
+async fn copy(engine: &Engine, src: &str, dest: &str) -> CopyReport {
+    let src: Reference = src.parse().unwrap();
+    let dest: Reference = dest.parse().unwrap();
+    engine.copy(&src, &[dest], &CancellationToken::new()).await
+}
+
+/// Two platforms, three layers each: enough requests for faults to land.
+async fn push_fixture(stack: &Stack, repo: &str) -> String {
+    let p = Pusher::new(Target::plain(&stack.src)).unwrap();
+    let mut children = Vec::new();
+    for arch in ["amd64", "arm64"] {
+        children.push(
+            p.image(
+                repo,
+                false,
+                ("linux", arch),
+                &[4096, 64 * 1024, 300 * 1024],
+                json!({}),
+            )
+            .await
+            .unwrap(),
+        );
+    }
+    p.index(repo, "v1", false, children, json!({}))
+        .await
+        .unwrap()
+}
+
+/// Copy through a proxy in front of each registry; the image must arrive
+/// whole, with the source digest. Returns the proxies for their counts.
+async fn survives(name: &str, src_faults: Faults, dst_faults: Faults) -> (FaultProxy, FaultProxy) {
+    let stack = Stack::get();
+    let repo = unique(name);
+    let digest = push_fixture(&stack, &repo).await;
+    let sp = FaultProxy::start(&stack.src, src_faults, 7).await.unwrap();
+    let dp = FaultProxy::start(&stack.dst, dst_faults, 11).await.unwrap();
+    let e = engine(settings(&stack, &[&sp, &dp]));
+    let r = copy(
+        &e,
+        &format!("{}/{repo}:v1", sp.addr),
+        &format!("{}/{repo}:v1", dp.addr),
+    )
+    .await;
+    let d = &r.destinations[0];
+    assert_ne!(d.outcome, Outcome::Failed, "{name}: {:?}", d.error);
+    let sk = Skopeo::plain();
+    let dest = format!("{}/{repo}:v1", stack.dst);
+    assert_eq!(sk.digest(&dest).unwrap(), digest, "{name}");
+    sk.assert_tree(&format!("{}/{repo}", stack.dst), &digest)
+        .unwrap();
+    let counts = e.registries().request_counts().await;
+    eprintln!(
+        "{name}: src faults {} of {} requests, dst faults {} of {}; client {:?}",
+        sp.counts().faults(),
+        Counts::get(&sp.counts().requests),
+        dp.counts().faults(),
+        Counts::get(&dp.counts().requests),
+        counts
+    );
+    (sp, dp)
+}
+
+#[tokio::test]
+async fn survives_server_errors() {
+    let f = || Faults {
+        server_error: 0.3,
+        ..Default::default()
+    };
+    let (s, d) = survives("f-5xx", f(), f()).await;
+    assert!(Counts::get(&s.counts().server_errors) + Counts::get(&d.counts().server_errors) > 0);
+}
+
+#[tokio::test]
+async fn survives_errors_after_the_registry_did_the_work() {
+    let f = || Faults {
+        error_after_forward: 0.25,
+        ..Default::default()
+    };
+    let (s, d) = survives("f-after", f(), f()).await;
+    assert!(
+        Counts::get(&s.counts().errors_after_forward)
+            + Counts::get(&d.counts().errors_after_forward)
+            > 0
+    );
+}
+
+#[tokio::test]
+async fn survives_rate_limits_with_retry_after() {
+    let f = || Faults {
+        throttle: 0.2,
+        ..Default::default()
+    };
+    let (s, d) = survives("f-429", f(), f()).await;
+    assert!(Counts::get(&s.counts().throttled) + Counts::get(&d.counts().throttled) > 0);
+}
+
+#[tokio::test]
+async fn survives_connections_dropped_mid_body() {
+    let f = || Faults {
+        drop: 0.25,
+        ..Default::default()
+    };
+    let (s, d) = survives("f-drop", f(), f()).await;
+    assert!(Counts::get(&s.counts().dropped) + Counts::get(&d.counts().dropped) > 0);
+}
+
+#[tokio::test]
+async fn survives_stalled_responses() {
+    let f = || Faults {
+        stall: 0.15,
+        stall_for: Duration::from_secs(3),
+        ..Default::default()
+    };
+    let (s, d) = survives("f-stall", f(), f()).await;
+    assert!(Counts::get(&s.counts().stalled) + Counts::get(&d.counts().stalled) > 0);
+}
+
+#[tokio::test]
+async fn survives_blob_bytes_corrupted_in_transit() {
+    let (s, _) = survives(
+        "f-corrupt",
+        Faults {
+            corrupt: 0.5,
+            ..Default::default()
+        },
+        Faults::default(),
+    )
+    .await;
+    assert!(Counts::get(&s.counts().corrupted) > 0);
+}
+
+#[tokio::test]
+async fn survives_missing_digest_and_manifest_location_headers() {
+    // The source never says a digest (HEAD falls back to GET and hashing);
+    // the destination's manifest answers lack both headers, as ECR's do.
+    let (s, d) = survives(
+        "f-headers",
+        Faults {
+            omit_headers: vec!["Docker-Content-Digest".into()],
+            ..Default::default()
+        },
+        Faults {
+            omit_headers: vec!["Docker-Content-Digest".into(), "Location".into()],
+            only: Some("/manifests/".into()),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert!(Counts::get(&s.counts().stripped) > 0 && Counts::get(&d.counts().stripped) > 0);
+}
+
+/// Nothing of `repo` may have reached the destination.
+async fn assert_nothing_pushed(stack: &Stack, repo: &str, blob: Option<&str>) {
+    assert!(
+        Skopeo::plain()
+            .raw(&format!("{}/{repo}:v1", stack.dst))
+            .is_err(),
+        "a manifest was pushed"
+    );
+    if let Some(blob) = blob {
+        let head = reqwest::Client::new()
+            .head(format!("http://{}/v2/{repo}/blobs/{blob}", stack.dst))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(head.status(), 404, "the bad blob reached the destination");
+    }
+}
+
+#[tokio::test]
+async fn an_upload_session_without_location_is_a_clear_error() {
+    let stack = Stack::get();
+    let repo = unique("f-noloc");
+    push_fixture(&stack, &repo).await;
+    let dp = FaultProxy::start(
+        &stack.dst,
+        Faults {
+            omit_headers: vec!["Location".into()],
+            ..Default::default()
+        },
+        1,
+    )
+    .await
+    .unwrap();
+    let e = engine(settings(&stack, &[&dp]));
+    let r = copy(
+        &e,
+        &format!("{}/{repo}:v1", stack.src),
+        &format!("{}/{repo}:v1", dp.addr),
+    )
+    .await;
+    let err = r.destinations[0].error.clone().unwrap();
+    assert!(
+        err.contains("the upload session has no Location header"),
+        "{err}"
+    );
+    assert_nothing_pushed(&stack, &repo, None).await;
+}
+
+#[tokio::test]
+async fn a_source_that_always_corrupts_a_blob_is_refused_and_nothing_is_pushed() {
+    let stack = Stack::get();
+    let repo = unique("f-liar");
+    push_fixture(&stack, &repo).await;
+    let sp = FaultProxy::start(
+        &stack.src,
+        Faults {
+            corrupt: 1.0,
+            ..Default::default()
+        },
+        1,
+    )
+    .await
+    .unwrap();
+    let e = engine(settings(&stack, &[&sp]));
+    let r = copy(
+        &e,
+        &format!("{}/{repo}:v1", sp.addr),
+        &format!("{}/{repo}:v1", stack.dst),
+    )
+    .await;
+    let err = r.destinations[0].error.clone().unwrap();
+    assert!(err.contains("does not match its digest"), "{err}");
+    assert!(
+        Counts::get(&sp.counts().corrupted) >= CopyOptions::default().blob_attempts as u64,
+        "each attempt re-read the blob"
+    );
+    assert_nothing_pushed(&stack, &repo, None).await;
+}
+
+#[tokio::test]
+async fn manifests_that_lie_about_their_digest_are_refused_and_nothing_is_pushed() {
+    let stack = Stack::get();
+    let cfg = br#"{"architecture":"amd64","os":"linux"}"#.to_vec();
+    let layer = random_bytes(2048);
+    let child = serde_json::to_vec(&json!({"schemaVersion":2,"mediaType":OCI_MANIFEST,
+        "config":{"mediaType":OCI_CONFIG,"digest":sha256(&cfg),"size":cfg.len()},
+        "layers":[{"mediaType":OCI_LAYER,"digest":sha256(&layer),"size":layer.len()}]}))
+    .unwrap();
+    let other_child = serde_json::to_vec(&json!({"schemaVersion":2,"mediaType":OCI_MANIFEST,
+        "config":{"mediaType":OCI_CONFIG,"digest":sha256(&cfg),"size":cfg.len()},
+        "layers":[], "annotations": {"swapped": "yes"}}))
+    .unwrap();
+    let index = serde_json::to_vec(&json!({"schemaVersion":2,"mediaType":OCI_INDEX,
+        "manifests":[{"mediaType":OCI_MANIFEST,"digest":sha256(&child),"size":child.len(),
+        "platform":{"os":"linux","architecture":"amd64"}}]}))
+    .unwrap();
+    let r = |status, ct: &str, headers: Vec<(String, String)>, body: &[u8]| {
+        (status, ct.to_string(), headers, body.to_vec())
+    };
+    let dcd = |d: String| vec![("Docker-Content-Digest".to_string(), d)];
+    let mut routes = HashMap::new();
+    routes.insert(
+        "/v2/".to_string(),
+        r(200, "application/json", vec![], b"{}"),
+    );
+    // 1. A tag whose answer claims another digest than its bytes have (and
+    // serves the same bytes under the claimed digest).
+    let claimed = sha256(b"something else");
+    routes.insert(
+        "/v2/liar/manifests/claims".into(),
+        r(200, OCI_MANIFEST, dcd(claimed.clone()), &child),
+    );
+    routes.insert(
+        format!("/v2/liar/manifests/{claimed}"),
+        r(200, OCI_MANIFEST, dcd(claimed.clone()), &child),
+    );
+    // 2. An index whose child, fetched by digest, is other bytes.
+    routes.insert(
+        "/v2/liar/manifests/swaps".into(),
+        r(200, OCI_INDEX, dcd(sha256(&index)), &index),
+    );
+    routes.insert(
+        format!("/v2/liar/manifests/{}", sha256(&index)),
+        r(200, OCI_INDEX, dcd(sha256(&index)), &index),
+    );
+    routes.insert(
+        format!("/v2/liar/manifests/{}", sha256(&child)),
+        r(200, OCI_MANIFEST, vec![], &other_child),
+    );
+    routes.insert(
+        format!("/v2/liar/blobs/{}", sha256(&cfg)),
+        r(200, "application/octet-stream", vec![], &cfg),
+    );
+    routes.insert(
+        format!("/v2/liar/blobs/{}", sha256(&layer)),
+        r(200, "application/octet-stream", vec![], &layer),
+    );
+    let fake = FakeRegistry::start(routes).await.unwrap();
+    let mut s = settings(&stack, &[]);
+    s.mark_plain_http(&fake.addr);
+    let e = engine(s);
+    for tag in ["claims", "swaps"] {
+        let repo = unique("f-lying-manifest");
+        let r = copy(
+            &e,
+            &format!("{}/liar:{tag}", fake.addr),
+            &format!("{}/{repo}:v1", stack.dst),
+        )
+        .await;
+        let err = r.destinations[0].error.clone().unwrap();
+        assert!(
+            err.contains("manifest") && err.contains("does not match its digest"),
+            "{tag}: {err}"
+        );
+        assert_nothing_pushed(&stack, &repo, Some(&sha256(&layer))).await;
+    }
+}
+
+#[tokio::test]
+async fn an_expired_bearer_token_is_refreshed_and_the_copy_succeeds() {
+    let stack = Stack::get();
+    let repo = unique("f-expired");
+    let digest = push_fixture(&stack, &repo).await;
+    let dp = FaultProxy::start(&stack.token, Faults::default(), 1)
+        .await
+        .unwrap();
+    // The token in use at the 6th request expires: from then on the
+    // registry refuses it, as a real expired token is refused.
+    dp.set_expiry(Expiry::Unauthorized { after: 6 });
+    let mut s = settings(&stack, &[&dp]);
+    let pw = std::env::temp_dir().join(unique("mf-pw"));
+    let (user, pass) = stack.token_creds.split_once(':').unwrap();
+    std::fs::write(&pw, pass).unwrap();
+    let rs = s.registries.get_mut(&dp.addr).unwrap();
+    rs.username = Some(user.to_string());
+    rs.password_file = Some(pw);
+    let e = engine(s);
+    let r = copy(
+        &e,
+        &format!("{}/{repo}:v1", stack.src),
+        &format!("{}/{repo}:v1", dp.addr),
+    )
+    .await;
+    assert_ne!(
+        r.destinations[0].outcome,
+        Outcome::Failed,
+        "{:?}",
+        r.destinations[0].error
+    );
+    assert!(Counts::get(&dp.counts().expired) > 0, "no token expired");
+    let counts = e.registries().request_counts().await;
+    assert!(counts[&dp.addr].reauths > 0, "{counts:?}");
+    let sk = Skopeo {
+        creds: Some(stack.token_creds.clone()),
+        ..Skopeo::plain()
+    };
+    assert_eq!(
+        sk.digest(&format!("{}/{repo}:v1", stack.token)).unwrap(),
+        digest
+    );
+}
+
+#[tokio::test]
+async fn an_expired_ecr_token_is_refreshed_and_the_copy_succeeds() {
+    const ECR_HOST: &str = "123456789012.dkr.ecr.us-east-1.amazonaws.com";
+    let stack = Stack::get();
+    let repo = unique("f-ecr-expired");
+    let digest = push_fixture(&stack, &repo).await;
+    let dp = FaultProxy::start(&stack.ecr, Faults::default(), 1)
+        .await
+        .unwrap();
+    dp.set_expiry(Expiry::EcrForbidden { after: 5, count: 2 });
+    let settings = std::env::temp_dir().join(format!("{}.yaml", unique("mf-registries")));
+    std::fs::write(
+        &settings,
+        format!(
+            "registries:\n  {ECR_HOST}:\n    endpoint: {}\n    plain_http: true\n  {}:\n    plain_http: true\n",
+            dp.addr, stack.src
+        ),
+    )
+    .unwrap();
+    // The proxy runs on this test's runtime: run the binary off it.
+    let (src, dst) = (
+        format!("{}/{repo}:v1", stack.src),
+        format!("{ECR_HOST}/{repo}:v1"),
+    );
+    let env = moto_env(&stack);
+    let (code, out, err) = tokio::task::spawn_blocking(move || {
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        run_bin(
+            "mirrorfleet-worker",
+            &[
+                "copy",
+                "--registries",
+                settings.to_str().unwrap(),
+                &src,
+                &dst,
+            ],
+            &env,
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert_eq!(Counts::get(&dp.counts().expired), 2);
+    assert!(err.contains("token expired; fetching a new one"), "{err}");
+    let sk = Skopeo {
+        creds: Some(stack.ecr_creds.clone()),
+        ..Skopeo::plain()
+    };
+    assert_eq!(
+        sk.digest(&format!("{}/{repo}:v1", stack.ecr)).unwrap(),
+        digest
+    );
+}
