@@ -11,6 +11,7 @@ step() { printf '\n==> %s\n' "$*"; }
 step "format and lints"
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+scripts/no-panic.sh
 "$VENV/bin/hadolint" Dockerfile
 "$VENV/bin/cfn-lint" cloudformation/*.yaml
 # --skip-download: no network; every suppression is in the template with its reason.

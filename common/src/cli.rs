@@ -197,8 +197,10 @@ impl LogArgs {
                 filter = filter.add_directive(d);
             }
         }
+        // Colours only for a person at a terminal, not in files or CloudWatch.
         let builder = tracing_subscriber::fmt()
             .with_env_filter(filter)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .with_writer(std::io::stderr);
         let _ = match self.log_format {
             LogFormat::Text => builder.try_init(),
@@ -225,26 +227,57 @@ pub struct SourceDestArgs {
     pub destinations: Vec<String>,
 }
 
+/// An invalid image argument, named by its position: `source` or
+/// `destination N` (counting from 1, as given).
+#[derive(Debug, thiserror::Error)]
+#[error("{which}: {error}")]
+pub struct ImageArgError {
+    pub which: String,
+    pub error: crate::reference::ReferenceError,
+}
+
 impl SourceDestArgs {
     /// Parse and normalise; duplicates are dropped, an invalid one is an error naming it.
-    pub fn references(
-        &self,
-    ) -> Result<(Reference, Vec<Reference>), crate::reference::ReferenceError> {
-        let source: Reference = self.source.trim().parse()?;
+    pub fn references(&self) -> Result<(Reference, Vec<Reference>), ImageArgError> {
+        let source: Reference = self.source.trim().parse().map_err(|error| ImageArgError {
+            which: "source".into(),
+            error,
+        })?;
         let mut destinations = Vec::new();
-        for d in self
+        for (i, d) in self
             .destinations
             .iter()
             .map(|d| d.trim())
             .filter(|d| !d.is_empty())
+            .enumerate()
         {
-            let r: Reference = d.parse()?;
+            let r: Reference = d.parse().map_err(|error| ImageArgError {
+                which: format!("destination {}", i + 1),
+                error,
+            })?;
             if !destinations.contains(&r) {
                 destinations.push(r);
             }
         }
         Ok((source, destinations))
     }
+}
+
+/// An error and its causes on one line, each said once: a cause whose words
+/// are already in the message above it (a `{source}` in its format) is not
+/// repeated.
+pub fn error_line(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let s = c.to_string();
+        if !out.contains(&s) {
+            out.push_str(": ");
+            out.push_str(&s);
+        }
+        cause = c.source();
+    }
+    out
 }
 
 /// Run a binary's async entry point on a multi-threaded runtime.
@@ -320,6 +353,19 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn error_lines_say_each_cause_once() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("cannot read m.yaml: {source}")]
+        struct Read {
+            source: std::io::Error,
+        }
+        let e = Read {
+            source: std::io::Error::other("no such file"),
+        };
+        assert_eq!(error_line(&e), "cannot read m.yaml: no such file");
+    }
 
     #[test]
     fn bytes_and_tables() {

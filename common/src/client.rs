@@ -464,9 +464,23 @@ impl Registry {
     }
 
     fn transport_error(&self, e: &reqwest::Error) -> Error {
-        Error::Transport {
+        let mut message = error_chain(e);
+        if !is_tls_failure(e) {
+            return Error::Transport {
+                registry: self.host.clone(),
+                message,
+            };
+        }
+        // rustls' words for an HTTP answer to a TLS hello.
+        if message.contains("InvalidContentType") {
+            message.push_str(
+                " (the registry seems to speak plain HTTP; if it should, mark it with \
+                 --plain-http or plain_http in the registry settings)",
+            );
+        }
+        Error::Tls {
             registry: self.host.clone(),
-            message: error_chain(e),
+            message,
         }
     }
 
@@ -771,7 +785,17 @@ fn header_str(h: &HeaderMap, name: impl reqwest::header::AsHeaderName) -> Option
 }
 
 fn is_transient(e: &reqwest::Error) -> bool {
-    e.is_connect() || e.is_timeout() || e.is_request() || e.is_body()
+    (e.is_connect() || e.is_timeout() || e.is_request() || e.is_body()) && !is_tls_failure(e)
+}
+
+/// A refused certificate or a server that does not speak TLS: the same
+/// again later, so not worth a retry.
+fn is_tls_failure(e: &reqwest::Error) -> bool {
+    let chain = error_chain(e);
+    e.is_connect()
+        && (chain.contains("InvalidContentType")
+            || chain.contains("certificate")
+            || chain.contains("HandshakeFailure"))
 }
 
 /// An error with its causes ("error sending request: connection refused").

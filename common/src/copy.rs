@@ -312,9 +312,7 @@ impl Engine {
             None => {
                 src.head_manifest(source.repository(), &source.manifest_ref())
                     .await?
-                    .ok_or_else(|| Error::NotFound {
-                        what: format!("source image {source} (check the tag exists)"),
-                    })?
+                    .ok_or_else(|| Error::SourceMissing(source.to_string()))?
                     .digest
             }
         };

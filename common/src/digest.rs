@@ -42,7 +42,7 @@ impl Algorithm {
 #[error("invalid digest {input:?}: {reason}")]
 pub struct DigestError {
     pub input: String,
-    pub reason: &'static str,
+    pub reason: String,
 }
 
 impl Digest {
@@ -90,9 +90,9 @@ impl FromStr for Digest {
     type Err = DigestError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let err = |reason| DigestError {
+        let err = |reason: &str| DigestError {
             input: s.to_string(),
-            reason,
+            reason: reason.to_string(),
         };
         let (algo, hex) = s
             .split_once(':')
@@ -103,7 +103,12 @@ impl FromStr for Digest {
             _ => return Err(err("only sha256 and sha512 digests are supported")),
         };
         if hex.len() != algorithm.hex_len() {
-            return Err(err("wrong length for the algorithm"));
+            return Err(err(&format!(
+                "a {} digest has {} hexadecimal characters after the ':', this one has {}",
+                algorithm.name(),
+                algorithm.hex_len(),
+                hex.chars().count()
+            )));
         }
         if !hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
             return Err(err("the hex part must be lowercase hexadecimal"));

@@ -20,6 +20,8 @@ pub enum Error {
     Denied { registry: String, message: String },
     #[error("{what} was not found")]
     NotFound { what: String },
+    #[error("source image {0} was not found (check the tag exists)")]
+    SourceMissing(String),
     #[error("{registry} answered {status}{}: {message}", code.as_ref().map(|c| format!(" {c}")).unwrap_or_default())]
     Registry {
         registry: String,
@@ -29,6 +31,9 @@ pub enum Error {
     },
     #[error("cannot reach {registry}: {message}")]
     Transport { registry: String, message: String },
+    /// The TLS handshake failed: retrying cannot help until settings change.
+    #[error("cannot reach {registry} over TLS: {message}")]
+    Tls { registry: String, message: String },
     #[error("{what} does not match its digest: expected {expected}, got {actual}")]
     DigestMismatch {
         what: String,

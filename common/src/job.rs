@@ -37,17 +37,38 @@ pub struct ValidJob {
 pub enum JobError {
     #[error("the message is not a mirrorfleet job (invalid JSON: {0})")]
     Json(String),
+    #[error("the message is not a mirrorfleet job (it is JSON {0}, not an object)")]
+    NotAnObject(&'static str),
     #[error(
-        "job version {0} is not understood by this worker (it reads version {JOB_VERSION}); upgrade the workers"
+        "job version {version} is not understood by this worker (it reads version {JOB_VERSION}); {advice}",
+        version = .0,
+        advice = if *.0 > u64::from(JOB_VERSION) { "upgrade the workers" } else { "it was sent by an older controller; run the controller again" }
     )]
-    Version(u32),
-    #[error("the job's {field} is invalid: {message}")]
-    Reference {
+    Version(u64),
+    #[error("the job has no `{0}` field")]
+    Missing(&'static str),
+    #[error("the job's `{field}` must be {expected}, not {actual}")]
+    WrongType {
         field: &'static str,
-        message: String,
+        expected: &'static str,
+        actual: &'static str,
     },
+    #[error("the job's {field} is invalid: {message}")]
+    Reference { field: String, message: String },
     #[error("the job has no destinations")]
     NoDestinations,
+}
+
+/// What a JSON value is, in words.
+fn kind(v: &serde_json::Value) -> &'static str {
+    match v {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "true or false",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "a list",
+        serde_json::Value::Object(_) => "an object",
+    }
 }
 
 impl Job {
@@ -71,35 +92,97 @@ impl Job {
         serde_json::to_string(self).unwrap_or_default()
     }
 
-    /// Parse and validate a message body.
+    /// Parse and validate a message body. Every refusal names what is wrong
+    /// (the field and its type), so a dead-lettered message can be fixed.
     pub fn parse(body: &str) -> Result<ValidJob, JobError> {
-        // Read the version first so a newer job with new fields is refused
-        // for its version, not for a confusing field error.
-        #[derive(Deserialize)]
-        struct Versioned {
-            version: Option<u32>,
+        use serde_json::Value;
+        let v: Value = serde_json::from_str(body).map_err(|e| JobError::Json(e.to_string()))?;
+        let Value::Object(obj) = &v else {
+            return Err(JobError::NotAnObject(kind(&v)));
+        };
+        // The version first, so a newer job with new fields is refused for
+        // its version, not for a confusing field error.
+        match obj.get("version") {
+            None => return Err(JobError::Missing("version")),
+            Some(Value::Number(n)) => match n.as_u64() {
+                Some(n) if n == u64::from(JOB_VERSION) => {}
+                Some(n) => return Err(JobError::Version(n)),
+                None => {
+                    return Err(JobError::WrongType {
+                        field: "version",
+                        expected: "a whole number",
+                        actual: "a negative or fractional number",
+                    });
+                }
+            },
+            Some(other) => {
+                return Err(JobError::WrongType {
+                    field: "version",
+                    expected: "a whole number",
+                    actual: kind(other),
+                });
+            }
         }
-        let v: Versioned = serde_json::from_str(body).map_err(|e| JobError::Json(e.to_string()))?;
-        match v.version {
-            Some(JOB_VERSION) => {}
-            Some(other) => return Err(JobError::Version(other)),
-            None => return Err(JobError::Json("missing field `version`".into())),
-        }
-        let job: Job = serde_json::from_str(body).map_err(|e| JobError::Json(e.to_string()))?;
-        let source = job
-            .source
+        let string = |field: &'static str, required: bool| -> Result<String, JobError> {
+            match obj.get(field) {
+                None | Some(Value::Null) if !required => Ok(String::new()),
+                None => Err(JobError::Missing(field)),
+                Some(Value::String(s)) => Ok(s.clone()),
+                Some(other) => Err(JobError::WrongType {
+                    field,
+                    expected: "a string",
+                    actual: kind(other),
+                }),
+            }
+        };
+        let source = string("source", true)?;
+        let destinations: Vec<String> = match obj.get("destinations") {
+            None => return Err(JobError::Missing("destinations")),
+            Some(Value::Array(items)) => items
+                .iter()
+                .map(|d| match d {
+                    Value::String(s) => Ok(s.clone()),
+                    other => Err(JobError::WrongType {
+                        field: "destinations",
+                        expected: "a list of strings",
+                        actual: if other.is_array() {
+                            "a list of lists"
+                        } else {
+                            "a list holding other values"
+                        },
+                    }),
+                })
+                .collect::<Result<_, _>>()?,
+            Some(other) => {
+                return Err(JobError::WrongType {
+                    field: "destinations",
+                    expected: "a list of strings",
+                    actual: kind(other),
+                });
+            }
+        };
+        let source_digest = match string("source_digest", false)?.as_str() {
+            "" => None,
+            d => Some(d.parse::<Digest>().map_err(|e| JobError::Reference {
+                field: "source_digest".into(),
+                message: e.to_string(),
+            })?),
+        };
+        let reason = string("reason", false)?;
+        let enqueued_at = string("enqueued_at", false)?;
+        let source = source
             .parse()
             .map_err(|e: crate::reference::ReferenceError| JobError::Reference {
-                field: "source",
+                field: "source".into(),
                 message: e.to_string(),
             })?;
-        let destinations = job
-            .destinations
+        let destinations = destinations
             .iter()
-            .map(|d| {
+            .enumerate()
+            .map(|(i, d)| {
                 d.parse()
                     .map_err(|e: crate::reference::ReferenceError| JobError::Reference {
-                        field: "destination",
+                        field: format!("destination {}", i + 1),
                         message: e.to_string(),
                     })
             })
@@ -109,10 +192,10 @@ impl Job {
         }
         Ok(ValidJob {
             source,
-            source_digest: job.source_digest,
+            source_digest,
             destinations,
-            reason: job.reason,
-            enqueued_at: job.enqueued_at,
+            reason,
+            enqueued_at,
         })
     }
 }
@@ -140,19 +223,30 @@ mod tests {
     fn bad_messages_say_why() {
         let cases = [
             ("not json", "invalid JSON"),
-            ("{}", "missing field `version`"),
+            ("[1]", "it is JSON a list, not an object"),
+            ("{}", "the job has no `version` field"),
+            (
+                r#"{"version":"1"}"#,
+                "`version` must be a whole number, not a string",
+            ),
             (r#"{"version":2,"source":"a"}"#, "version 2"),
+            (r#"{"version":2,"source":"a"}"#, "upgrade the workers"),
+            (r#"{"version":0}"#, "run the controller again"),
             (
                 r#"{"version":1,"destinations":["a.example.com/x:1"]}"#,
-                "source",
+                "the job has no `source` field",
+            ),
+            (
+                r#"{"version":1,"source":["a:1"],"destinations":["a.example.com/x:1"]}"#,
+                "the job's `source` must be a string, not a list",
             ),
             (
                 r#"{"version":1,"source":"Bad","destinations":["a.example.com/x:1"]}"#,
                 "source is invalid",
             ),
             (
-                r#"{"version":1,"source":"a:1","destinations":["Bad"]}"#,
-                "destination is invalid",
+                r#"{"version":1,"source":"a:1","destinations":["a.example.com/x:1","Bad"]}"#,
+                "the job's destination 2 is invalid",
             ),
             (
                 r#"{"version":1,"source":"a:1","destinations":[]}"#,
@@ -160,7 +254,15 @@ mod tests {
             ),
             (
                 r#"{"version":1,"source":"a:1","destinations":"x"}"#,
-                "invalid JSON",
+                "the job's `destinations` must be a list of strings, not a string",
+            ),
+            (
+                r#"{"version":1,"source":"a:1","destinations":[3]}"#,
+                "a list holding other values",
+            ),
+            (
+                r#"{"version":1,"source":"a:1","source_digest":"sha256:1","destinations":["b.example.com/x:1"]}"#,
+                "the job's source_digest is invalid",
             ),
         ];
         for (body, want) in cases {

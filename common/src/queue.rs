@@ -96,6 +96,55 @@ pub struct SqsQueue {
     url: String,
 }
 
+/// SQS's limit for one message and for one batch of messages.
+const MAX_SQS_BYTES: usize = 256 * 1024;
+const MAX_BATCH: usize = 10;
+
+/// Message bodies for `jobs`, each within [`MAX_SQS_BYTES`]: a job with too
+/// many destinations becomes several jobs with fewer.
+fn fit(jobs: &[Job]) -> Result<Vec<String>, String> {
+    let mut out = Vec::with_capacity(jobs.len());
+    let mut todo: Vec<Job> = jobs.iter().rev().cloned().collect();
+    while let Some(job) = todo.pop() {
+        let body = job.to_json();
+        if body.len() <= MAX_SQS_BYTES {
+            out.push(body);
+            continue;
+        }
+        if job.destinations.len() < 2 {
+            return Err(format!(
+                "the job for {} is {} bytes, more than SQS's 256 KiB",
+                job.source,
+                body.len()
+            ));
+        }
+        let mut second = job.clone();
+        let mut first = job;
+        second.destinations = first.destinations.split_off(first.destinations.len() / 2);
+        todo.push(second);
+        todo.push(first);
+    }
+    Ok(out)
+}
+
+/// Consecutive bodies grouped into batches of at most [`MAX_BATCH`]
+/// messages and [`MAX_SQS_BYTES`] in all.
+fn batches(bodies: &[String]) -> Vec<&[String]> {
+    let mut out = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (i, b) in bodies.iter().enumerate() {
+        if i > start && (i - start == MAX_BATCH || bytes + b.len() > MAX_SQS_BYTES) {
+            out.push(&bodies[start..i]);
+            (start, bytes) = (i, 0);
+        }
+        bytes += b.len();
+    }
+    if start < bodies.len() {
+        out.push(&bodies[start..]);
+    }
+    out
+}
+
 impl SqsQueue {
     pub async fn new(url: &str) -> SqsQueue {
         let conf = crate::aws::config().await;
@@ -112,15 +161,18 @@ impl SqsQueue {
         }
     }
 
-    /// SendMessageBatch, 10 at a time; entries SQS reports as failed are sent
-    /// again (up to 3 rounds) before giving up on them.
+    /// SendMessageBatch, within SQS's limits of 10 messages and 256 KiB per
+    /// batch (a job too large for one message is split by destinations);
+    /// entries SQS reports as failed are sent again (up to 3 rounds) before
+    /// giving up on them.
     async fn send(&self, jobs: &[Job]) -> Result<usize, QueueError> {
         let mut sent = 0;
-        for chunk in jobs.chunks(10) {
+        let bodies = fit(jobs).map_err(|e| self.err(e))?;
+        for chunk in batches(&bodies) {
             let mut pending: Vec<(String, String)> = chunk
                 .iter()
                 .enumerate()
-                .map(|(i, j)| (format!("m{i}"), j.to_json()))
+                .map(|(i, body)| (format!("m{i}"), body.to_string()))
                 .collect();
             for round in 0..3 {
                 if pending.is_empty() {
@@ -386,6 +438,38 @@ impl MemoryQueue {
 mod tests {
     use super::*;
     use crate::reference::Reference;
+
+    #[test]
+    fn large_jobs_are_split_and_batches_stay_within_sqs_limits() {
+        let src: Reference = "a.example.com/app:1".parse().unwrap();
+        let many: Vec<Reference> = (0..10_000)
+            .map(|i| {
+                format!("b.example.com/some/long/repository/path/number-{i}:1")
+                    .parse()
+                    .unwrap()
+            })
+            .collect();
+        let small = Job::new(&src, None, &many[..3], "new");
+        let big = Job::new(&src, None, &many, "new");
+        let mut jobs = vec![small.clone(); 25];
+        jobs.push(big);
+        let bodies = fit(&jobs).unwrap();
+        assert!(bodies.len() > 26, "the big job was not split");
+        assert!(bodies.iter().all(|b| b.len() <= MAX_SQS_BYTES));
+        // Every destination is in exactly one message.
+        let mut dests = 0;
+        for b in &bodies[25..] {
+            let j: Job = serde_json::from_str(b).unwrap();
+            dests += j.destinations.len();
+        }
+        assert_eq!(dests, 10_000);
+        let groups = batches(&bodies);
+        assert!(
+            groups.iter().all(|g| g.len() <= MAX_BATCH
+                && g.iter().map(String::len).sum::<usize>() <= MAX_SQS_BYTES)
+        );
+        assert_eq!(groups.iter().map(|g| g.len()).sum::<usize>(), bodies.len());
+    }
 
     fn job() -> Job {
         let r: Reference = "a.example.com/x:1".parse().unwrap();

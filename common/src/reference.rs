@@ -14,6 +14,8 @@ use crate::digest::Digest;
 pub const DOCKER_HUB: &str = "docker.io";
 const DEFAULT_TAG: &str = "latest";
 const MAX_NAME_LEN: usize = 255;
+/// Name, tag and a sha512 digest together stay well under this.
+const MAX_REFERENCE_LEN: usize = 1024;
 
 /// A fully normalised image reference: registry, repository, and a tag and/or digest.
 #[derive(Clone, PartialEq, Eq, Hash)]
@@ -25,10 +27,22 @@ pub struct Reference {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid image reference {input:?}: {reason}")]
+#[error("invalid image reference {}: {reason}", quoted(.input))]
 pub struct ReferenceError {
     pub input: String,
     pub reason: String,
+}
+
+/// The input, quoted; a very long one is cut short (with its length), so an
+/// error about a megabyte of garbage is still one readable line.
+fn quoted(input: &str) -> String {
+    const SHOWN: usize = 200;
+    let len = input.chars().count();
+    if len <= SHOWN {
+        return format!("{input:?}");
+    }
+    let head: String = input.chars().take(60).collect();
+    format!("{:?} ({len} characters)", format!("{head}…"))
 }
 
 impl Reference {
@@ -147,14 +161,40 @@ fn parse(input: &str) -> Result<Reference, String> {
     if let Some(c) = s.chars().find(|c| c.is_whitespace() || c.is_control()) {
         return Err(format!("it contains the character {c:?}"));
     }
+    if s.len() > MAX_REFERENCE_LEN {
+        return Err(format!(
+            "it is far too long (a repository name is at most {MAX_NAME_LEN} characters)"
+        ));
+    }
     if s.contains("://") {
         return Err("write the reference without a scheme (no http:// or https://)".into());
+    }
+    if let Some(c) = s
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || "._-/:@[]".contains(*c)))
+    {
+        return Err(format!(
+            "it contains the character {c:?}, which is not allowed in an image reference"
+        ));
+    }
+    // "[::1]" is an IPv6 host; anywhere else "::" is a typo.
+    let after_host = match s.strip_prefix('[') {
+        Some(rest) => rest.split_once(']').map_or("", |(_, after)| after),
+        None => s,
+    };
+    if after_host.contains("::") {
+        return Err(
+            "it contains \"::\" (one ':' separates the tag, or a registry host's port)".into(),
+        );
     }
 
     let (rest, digest) = match s.rsplit_once('@') {
         Some((rest, d)) => (
             rest,
-            Some(d.parse::<Digest>().map_err(|e| e.reason.to_string())?),
+            Some(
+                d.parse::<Digest>()
+                    .map_err(|e| format!("the digest after '@' is invalid: {}", e.reason))?,
+            ),
         ),
         None => (s, None),
     };
@@ -173,10 +213,10 @@ fn parse(input: &str) -> Result<Reference, String> {
     }
 
     let (registry, repository) = split_registry(name)?;
-    validate_repository(&repository)?;
     if repository.len() + registry.len() + 1 > MAX_NAME_LEN {
         return Err(format!("the name is longer than {MAX_NAME_LEN} characters"));
     }
+    validate_repository(&repository)?;
     let tag = match (tag, &digest) {
         (None, None) => Some(DEFAULT_TAG.to_string()),
         (t, _) => t,
@@ -500,8 +540,11 @@ mod tests {
             ("quay.io//app", "empty path component"),
             ("app:", "tag after ':' is empty"),
             ("app:-x", "must start"),
-            ("app:a+b", "may contain only"),
-            ("app@sha256:abc", "wrong length"),
+            ("app:a]b", "may contain only"),
+            ("app:a+b", "the character '+'"),
+            ("a.example.com/x:1;b.example.com/x:1", "the character ';'"),
+            ("x::y", "\"::\""),
+            ("app@sha256:abc", "has 64 hexadecimal characters"),
             ("app@md5:abc", "only sha256"),
             ("-app", "not a valid repository path component"),
             ("app-", "not a valid repository path component"),
@@ -531,6 +574,11 @@ mod tests {
         );
         let long_tag = format!("app:{}", "t".repeat(129));
         assert!(long_tag.parse::<Reference>().is_err());
+        // A megabyte of input makes a one-line message, not a megabyte one.
+        let huge = format!("quay.io/{}", "A".repeat(1 << 20));
+        let msg = huge.parse::<Reference>().unwrap_err().to_string();
+        assert!(msg.len() < 300, "{msg}");
+        assert!(msg.contains("(1048584 characters)"), "{msg}");
     }
 
     #[test]

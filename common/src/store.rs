@@ -491,11 +491,22 @@ pub fn row_from_item(item: &HashMap<String, AttributeValue>) -> ScannedRow {
             Some(_) => return Err("`expires` must be a number (Unix seconds)".into()),
         };
         let mut status = BTreeMap::new();
-        if let Some(AttributeValue::M(m)) = item.get("status") {
-            for (dest, v) in m {
-                if let AttributeValue::M(fields) = v {
-                    status.insert(dest.clone(), status_from_attr(fields));
+        match item.get("status") {
+            None => {}
+            Some(AttributeValue::M(m)) => {
+                for (dest, v) in m {
+                    if let AttributeValue::M(fields) = v {
+                        status.insert(dest.clone(), status_from_attr(fields));
+                    }
                 }
+            }
+            // Status writes go into this map; any other type would make every
+            // result of this row's copies fail to record.
+            Some(_) => {
+                return Err(
+                    "`status` is written by mirrorfleet and must be a map; remove the attribute"
+                        .into(),
+                );
             }
         }
         let error = match item.get("error") {
@@ -783,6 +794,14 @@ mod tests {
             (
                 item(&[("source", AttributeValue::N("1".into()))]),
                 "no string `source`",
+            ),
+            (
+                item(&[
+                    ("source", s("golang:1.17")),
+                    ("destinations", s("a.example.com/g:1")),
+                    ("status", s("synced")),
+                ]),
+                "`status` is written by mirrorfleet and must be a map",
             ),
         ];
         for (it, want) in cases {

@@ -125,17 +125,18 @@ impl Mirror {
         let source: Reference = source
             .trim()
             .parse()
-            .map_err(|e: crate::reference::ReferenceError| e.to_string())?;
+            .map_err(|e: crate::reference::ReferenceError| format!("source: {e}"))?;
         let mut dests: Vec<Reference> = Vec::new();
-        for d in destinations
+        for (i, d) in destinations
             .iter()
             .flat_map(|d| d.split(','))
             .map(str::trim)
             .filter(|d| !d.is_empty())
+            .enumerate()
         {
-            let r: Reference = d
-                .parse()
-                .map_err(|e: crate::reference::ReferenceError| format!("destination: {e}"))?;
+            let r: Reference = d.parse().map_err(|e: crate::reference::ReferenceError| {
+                format!("destination {}: {e}", i + 1)
+            })?;
             if r.same_location(&source) {
                 return Err(format!("destination {r} is the source itself"));
             }
@@ -159,7 +160,10 @@ impl Mirror {
 
 /// The YAML file form.
 #[derive(Debug, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a mapping with a `mirrors:` list of {source, destinations}"
+)]
 pub struct MirrorFile {
     #[serde(default)]
     pub mirrors: Vec<FileRow>,
@@ -180,7 +184,10 @@ pub struct FileRow {
 
 /// A list, or one comma-separated string, as people write them.
 #[derive(Debug, Serialize, Deserialize)]
-#[serde(untagged)]
+#[serde(
+    untagged,
+    expecting = "`destinations` must be a list of image references or one comma-separated string"
+)]
 pub enum Destinations {
     List(Vec<String>),
     One(String),
@@ -207,7 +214,7 @@ impl MirrorFile {
             let mut m = Mirror::new(&row.source, &row.destinations.to_vec()).map_err(|e| {
                 TableError::Parse {
                     path: path.to_string(),
-                    message: format!("mirror {} ({}): {e}", i + 1, row.source),
+                    message: format!("mirror {} ({}): {e}", i + 1, shortened(&row.source)),
                 }
             })?;
             if out.iter().any(|o| o.source == m.source) {
@@ -253,6 +260,15 @@ impl MirrorFile {
         };
         serde_norway::to_string(&file).unwrap_or_default()
     }
+}
+
+/// A hand-typed value for a message: a very long one is cut short.
+fn shortened(s: &str) -> String {
+    if s.chars().count() <= 200 {
+        return s.to_string();
+    }
+    let head: String = s.chars().take(60).collect();
+    format!("{head}… ({} characters)", s.chars().count())
 }
 
 /// CSV form for import/export: `source,destination[,destination...]` per line,
@@ -361,6 +377,11 @@ mod tests {
                 "source",
             ),
             ("mirrors: {}\n", "mirrors"),
+            (
+                "mirrors:\n  - source: golang:1\n    destinations: 5\n",
+                "`destinations` must be a list of image references or one comma-separated string",
+            ),
+            ("hello\n", "expected a mapping with a `mirrors:` list"),
         ];
         for (text, want) in cases {
             let err = MirrorFile::parse(text, "m.yaml").unwrap_err().to_string();

@@ -106,6 +106,7 @@ async fn run(args: TableArgs) -> anyhow::Result<ExitCode> {
         } => {
             // Validate before writing: an invalid reference is refused with the reason.
             let mut m = Mirror::new(&source, &destinations).map_err(anyhow::Error::msg)?;
+            fits_in_an_item(&m)?;
             m.enabled = !disabled;
             m.overwrite = no_overwrite.then_some(false);
             store.put_mirror(&m).await?;
@@ -145,11 +146,19 @@ async fn run(args: TableArgs) -> anyhow::Result<ExitCode> {
                 Some(f) => f == FileFormat::Csv,
                 None => file.extension().is_some_and(|e| e == "csv"),
             };
-            let mirrors = if csv {
-                parse_csv(&text)?
+            let name = if file.as_os_str() == "-" {
+                "stdin".to_string()
             } else {
-                MirrorFile::parse(&text, &file.display().to_string())?
+                file.display().to_string()
             };
+            let mirrors = if csv {
+                parse_csv(&text).map_err(|e| anyhow::anyhow!("{name}: {e}"))?
+            } else {
+                MirrorFile::parse(&text, &name)?
+            };
+            for (i, m) in mirrors.iter().enumerate() {
+                fits_in_an_item(m).with_context(|| format!("{name}: mirror {}", i + 1))?;
+            }
             for m in &mirrors {
                 store.put_mirror(m).await?;
             }
@@ -169,6 +178,37 @@ async fn run(args: TableArgs) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// DynamoDB's limit on one item, status map included.
+const ITEM_LIMIT: usize = 400 * 1024;
+/// Room for one destination's recorded status (digests, times, counters and
+/// an error), besides its name.
+const STATUS_BYTES: usize = 400;
+
+/// Refuse a row that would outgrow a DynamoDB item once each destination's
+/// status is recorded: writing it would work, and every later status write
+/// to it would fail.
+fn fits_in_an_item(m: &Mirror) -> anyhow::Result<()> {
+    let source = m.source.to_string().len();
+    let base = 64 + 2 * source;
+    let per: Vec<usize> = m
+        .destinations
+        .iter()
+        .map(|d| 2 * d.to_string().len() + STATUS_BYTES)
+        .collect();
+    let total = base + per.iter().sum::<usize>();
+    if total <= ITEM_LIMIT {
+        return Ok(());
+    }
+    let average = per.iter().sum::<usize>() / per.len().max(1);
+    anyhow::bail!(
+        "the row is too large for the table: with each destination's status recorded, its {} destinations \
+         need about {} KB, and a DynamoDB item holds at most 400 KB (about {} destinations like these fit)",
+        m.destinations.len(),
+        total / 1024,
+        (ITEM_LIMIT - base) / average.max(1)
+    )
 }
 
 /// The status table: one line per destination.

@@ -536,7 +536,7 @@ async fn tls_registry_with_its_ca_and_refused_without() {
     let err = r.destinations[0].error.clone().unwrap_or_default();
     assert_eq!(r.destinations[0].outcome, Outcome::Failed);
     assert!(
-        err.contains("cannot reach") && err.to_lowercase().contains("certificate"),
+        err.contains("over TLS") && err.to_lowercase().contains("certificate"),
         "{err}"
     );
 }

@@ -145,3 +145,144 @@ async fn no_secret_appears_at_trace_level() {
     );
     let _ = basic_user;
 }
+
+/// TLS is verified unless a registry is explicitly marked: plain HTTP and a
+/// skipped check each need a setting, and each is warned about.
+#[tokio::test]
+async fn tls_is_verified_unless_a_registry_is_marked_and_marking_is_warned_about() {
+    let stack = Stack::get();
+    let repo = unique("tls-marks");
+    push_image(&stack, &repo, "v1").await;
+    let src = format!("{}/{repo}:v1", stack.src);
+    let to_tls = format!("{}/{repo}:v1", stack.tls);
+
+    // 1. Nothing marked: the plain-HTTP registry is spoken to over TLS, which fails.
+    let (code, out, err) = run_bin("mirrorfleet-worker", &["copy", &src, &to_tls], &[]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        out.contains(&format!("cannot reach {} over TLS", stack.src))
+            && out.contains(
+                "the registry seems to speak plain HTTP; if it should, mark it with --plain-http"
+            ),
+        "plain HTTP was used without being asked for: {out}{err}"
+    );
+
+    // 2. The source marked plain HTTP; the TLS registry's self-signed
+    // certificate is still refused.
+    let (code, out, err) = run_bin(
+        "mirrorfleet-worker",
+        &["copy", "--plain-http", &stack.src, &src, &to_tls],
+        &[],
+    );
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        err.contains(&format!("registry=\"{}\"", stack.src))
+            && err.contains("using plain HTTP for this registry, as configured"),
+        "{err}"
+    );
+    assert!(out.to_lowercase().contains("certificate"), "{out}{err}");
+
+    // 3. The TLS registry explicitly marked insecure: the copy works, with a warning.
+    let settings = std::env::temp_dir().join(format!("{}.yaml", unique("mf-insecure")));
+    std::fs::write(
+        &settings,
+        format!(
+            "registries:\n  {}:\n    plain_http: true\n  {}:\n    insecure_skip_tls_verify: true\n",
+            stack.src, stack.tls
+        ),
+    )
+    .unwrap();
+    let (code, out, err) = run_bin(
+        "mirrorfleet-worker",
+        &[
+            "copy",
+            "--registries",
+            settings.to_str().unwrap(),
+            &src,
+            &to_tls,
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        err.contains(&format!("registry=\"{}\"", stack.tls))
+            && err.contains("TLS certificate verification is OFF for this registry, as configured"),
+        "{err}"
+    );
+}
+
+/// Credentials given in the environment or a file are used, never written:
+/// after a local sync nothing under HOME or next to the mirror file holds them.
+#[tokio::test]
+async fn credentials_are_never_written_to_disk() {
+    let stack = Stack::get();
+    let repo = unique("no-disk");
+    push_image(&stack, &repo, "v1").await;
+    let dir = std::env::temp_dir().join(unique("mf-no-disk"));
+    let home = dir.join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    let (user, pass) = stack.basic_creds.split_once(':').unwrap();
+    let settings = dir.join("registries.yaml");
+    std::fs::write(
+        &settings,
+        format!(
+            "registries:\n  {}:\n    plain_http: true\n  {}:\n    plain_http: true\n    username: {user}\n    password_env: MF_TEST_BASIC_PASSWORD\n",
+            stack.src, stack.basic
+        ),
+    )
+    .unwrap();
+    let mirrors = dir.join("mirrors.yaml");
+    std::fs::write(
+        &mirrors,
+        format!(
+            "mirrors:\n  - source: {}/{repo}:v1\n    destinations: [{}/{repo}:v1]\n",
+            stack.src, stack.basic
+        ),
+    )
+    .unwrap();
+    let (code, out, err) = run_bin(
+        "mirrorfleet-controller",
+        &[
+            "sync",
+            "--registries",
+            settings.to_str().unwrap(),
+            mirrors.to_str().unwrap(),
+        ],
+        &[
+            ("HOME", home.to_str().unwrap()),
+            ("MF_TEST_BASIC_PASSWORD", pass),
+        ],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let secrets = [pass.to_string(), b64(&stack.basic_creds)];
+    let mut files = 0;
+    let mut stack_dirs = vec![dir.clone()];
+    while let Some(d) = stack_dirs.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack_dirs.push(path);
+                continue;
+            }
+            files += 1;
+            if path == settings {
+                continue;
+            }
+            let text = String::from_utf8_lossy(&std::fs::read(&path).unwrap()).into_owned();
+            for s in &secrets {
+                assert!(
+                    !text.contains(s.as_str()),
+                    "{} holds a credential",
+                    path.display()
+                );
+            }
+        }
+    }
+    assert!(
+        files >= 3,
+        "the sync wrote no state to check ({files} files)"
+    );
+    for s in &secrets {
+        assert!(!out.contains(s.as_str()) && !err.contains(s.as_str()));
+    }
+}
