@@ -15,13 +15,13 @@ use std::time::Duration;
 use bytes::Bytes;
 use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HeaderMap, LOCATION};
 use reqwest::{Method, Response, StatusCode};
-use tokio::sync::Semaphore;
 use url::Url;
 
 use crate::auth::{Challenge, Credentials, Token, TokenResponse};
 use crate::digest::Digest;
 use crate::ecr::{Ecr, EcrHost};
 use crate::error::{Error, Result};
+use crate::limit::Limiter;
 use crate::manifest::{ACCEPT as MANIFEST_ACCEPT, MAX_MANIFEST_BYTES, Manifest};
 use crate::retry::{self, Class};
 use crate::settings::{DEFAULT_MAX_CONCURRENCY, RegistrySettings};
@@ -65,7 +65,14 @@ impl Scope {
             ..Scope::push(repository)
         }
     }
+    /// Listing `/v2/_catalog` (token scope `registry:catalog:*`).
+    pub fn catalog() -> Scope {
+        Scope::pull("")
+    }
     fn params(&self) -> Vec<String> {
+        if self.repository.is_empty() {
+            return vec!["registry:catalog:*".into()];
+        }
         let actions = if self.push { "pull,push" } else { "pull" };
         let mut v = vec![format!("repository:{}:{actions}", self.repository)];
         if let Some(from) = &self.mount_from {
@@ -83,6 +90,8 @@ impl Scope {
 pub struct RequestStats {
     pub requests: AtomicU64,
     pub retries: AtomicU64,
+    /// 429 answers, each of which slowed this registry down.
+    pub throttled: AtomicU64,
     pub reauths: AtomicU64,
     pub token_fetches: AtomicU64,
 }
@@ -92,6 +101,7 @@ pub struct RequestStats {
 pub struct RequestCounts {
     pub requests: u64,
     pub retries: u64,
+    pub throttled: u64,
     pub reauths: u64,
     pub token_fetches: u64,
 }
@@ -100,6 +110,7 @@ impl RequestCounts {
     pub fn add(&mut self, o: &RequestCounts) {
         self.requests += o.requests;
         self.retries += o.retries;
+        self.throttled += o.throttled;
         self.reauths += o.reauths;
         self.token_fetches += o.token_fetches;
     }
@@ -110,6 +121,7 @@ impl RequestStats {
         RequestCounts {
             requests: self.requests.load(Ordering::Relaxed),
             retries: self.retries.load(Ordering::Relaxed),
+            throttled: self.throttled.load(Ordering::Relaxed),
             reauths: self.reauths.load(Ordering::Relaxed),
             token_fetches: self.token_fetches.load(Ordering::Relaxed),
         }
@@ -142,7 +154,7 @@ pub struct Registry {
     ecr: Arc<Ecr>,
     challenge: std::sync::Mutex<Option<Challenge>>,
     tokens: tokio::sync::Mutex<HashMap<String, Token>>,
-    limit: Semaphore,
+    limit: Limiter,
     pub stats: RequestStats,
 }
 
@@ -219,13 +231,18 @@ impl Registry {
             ecr,
             challenge: std::sync::Mutex::new(None),
             tokens: tokio::sync::Mutex::new(HashMap::new()),
-            limit: Semaphore::new(settings.max_concurrency.unwrap_or(DEFAULT_MAX_CONCURRENCY)),
+            limit: Limiter::new(settings.max_concurrency.unwrap_or(DEFAULT_MAX_CONCURRENCY)),
             stats: RequestStats::default(),
         })
     }
 
     pub fn host(&self) -> &str {
         &self.host
+    }
+
+    /// Requests allowed at once now, and the lowest that has been after 429s.
+    pub fn concurrency(&self) -> (usize, usize) {
+        (self.limit.limit(), self.limit.low_water())
     }
 
     fn url(&self, path: &str) -> Url {
@@ -394,9 +411,19 @@ impl Registry {
                 req = req.header(AUTHORIZATION, a);
             }
             let result = {
-                let _permit = self.limit.acquire().await.map_err(|_| Error::Cancelled)?;
+                let _permit = self.limit.acquire().await.ok_or(Error::Cancelled)?;
                 self.stats.requests.fetch_add(1, Ordering::Relaxed);
-                req.send().await
+                let result = req.send().await;
+                match &result {
+                    Ok(r) if r.status() == StatusCode::TOO_MANY_REQUESTS => {
+                        self.stats.throttled.fetch_add(1, Ordering::Relaxed);
+                        self.limit.throttled();
+                        tracing::debug!(registry = %self.host, limit = self.limit.limit(), "rate limited; fewer requests at once");
+                    }
+                    Ok(r) if r.status().is_success() => self.limit.succeeded(),
+                    _ => {}
+                }
+                result
             };
             let resp = match result {
                 Ok(r) => r,
@@ -652,6 +679,93 @@ impl Registry {
         Ok(())
     }
 
+    /// Every tag of `repo`, in the registry's order, `page` per request
+    /// (at most 1000: ECR refuses more), following each `Link: <...>;
+    /// rel="next"` as given (its cursor is opaque).
+    pub async fn list_tags(&self, repo: &str, page: usize) -> Result<Vec<String>> {
+        #[derive(serde::Deserialize)]
+        struct Tags {
+            #[serde(default)]
+            tags: Option<Vec<String>>,
+        }
+        let mut url = self.url(&format!("v2/{repo}/tags/list"));
+        url.query_pairs_mut()
+            .append_pair("n", &page.clamp(1, 1000).to_string());
+        let pages: Vec<Tags> = self
+            .paginate(
+                &Scope::pull(repo),
+                url,
+                &format!("tags of {}/{repo}", self.host),
+            )
+            .await?;
+        Ok(pages
+            .into_iter()
+            .flat_map(|p| p.tags.unwrap_or_default())
+            .collect())
+    }
+
+    /// Every repository the registry lists in `/v2/_catalog` (with
+    /// credentials that may list it), `page` per request.
+    pub async fn catalog(&self, page: usize) -> Result<Vec<String>> {
+        #[derive(serde::Deserialize)]
+        struct Catalog {
+            #[serde(default)]
+            repositories: Option<Vec<String>>,
+        }
+        let mut url = self.url("v2/_catalog");
+        url.query_pairs_mut()
+            .append_pair("n", &page.clamp(1, 1000).to_string());
+        let pages: Vec<Catalog> = self
+            .paginate(
+                &Scope::catalog(),
+                url,
+                &format!("the catalog of {}", self.host),
+            )
+            .await?;
+        Ok(pages
+            .into_iter()
+            .flat_map(|p| p.repositories.unwrap_or_default())
+            .collect())
+    }
+
+    /// GET `url` and each `rel="next"` page after it, parsed as `T`.
+    async fn paginate<T: serde::de::DeserializeOwned>(
+        &self,
+        scope: &Scope,
+        first: Url,
+        what: &str,
+    ) -> Result<Vec<T>> {
+        let mut pages = Vec::new();
+        let mut next = Some(first);
+        let mut seen = std::collections::HashSet::new();
+        while let Some(url) = next.take() {
+            // A registry that links a page to itself would loop forever.
+            if !seen.insert(url.to_string()) {
+                break;
+            }
+            let resp = self.send(scope, |c| c.get(url.clone())).await?;
+            if resp.status() == StatusCode::NOT_FOUND {
+                return Err(Error::NotFound {
+                    what: what.to_string(),
+                });
+            }
+            next = header_str(resp.headers(), "link")
+                .and_then(|l| next_link(&l))
+                .and_then(|l| url.join(&l).ok())
+                .filter(|u| same_origin(u, &self.base));
+            let body = read_limited(resp, 16 * 1024 * 1024)
+                .await
+                .map_err(|e| self.transport_error(&e))?;
+            pages.push(serde_json::from_slice(&body).map_err(|e| Error::Registry {
+                registry: self.host.clone(),
+                status: 200,
+                code: None,
+                message: format!("{what}: the answer is not the expected JSON: {e}"),
+            })?);
+        }
+        Ok(pages)
+    }
+
     /// Whether the repository exists at all (has any tag). A missing one is
     /// known to hold no blobs, which spares a HEAD per blob.
     pub async fn repository_exists(&self, repo: &str) -> Result<bool> {
@@ -774,6 +888,21 @@ impl Registry {
     }
 }
 
+/// The target of `rel="next"` in a `Link` header
+/// (`</v2/x/tags/list?last=b&n=2>; rel="next"`).
+fn next_link(header: &str) -> Option<String> {
+    header.split(',').find_map(|part| {
+        let (target, params) = part.split_once(';')?;
+        let is_next = params.split(';').any(|p| {
+            p.trim()
+                .replace(' ', "")
+                .eq_ignore_ascii_case("rel=\"next\"")
+        });
+        let target = target.trim().strip_prefix('<')?.strip_suffix('>')?;
+        is_next.then(|| target.to_string())
+    })
+}
+
 fn same_origin(a: &Url, b: &Url) -> bool {
     a.scheme() == b.scheme()
         && a.host_str() == b.host_str()
@@ -870,6 +999,27 @@ fn error_message(body: &str) -> (Option<String>, String) {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn finds_the_next_link() {
+        let cases = [
+            (
+                r#"</v2/a/tags/list?last=b&n=2>; rel="next""#,
+                Some("/v2/a/tags/list?last=b&n=2"),
+            ),
+            (
+                r#"<https://r.example.com/v2/_catalog?last=x%2Fy&n=100>;rel="next""#,
+                Some("https://r.example.com/v2/_catalog?last=x%2Fy&n=100"),
+            ),
+            (r#"</p1>; rel="prev", </p3>; rel="next""#, Some("/p3")),
+            (r#"</v2/a/tags/list?last=b>; rel="prev""#, None),
+            ("garbage", None),
+        ];
+        for (header, want) in cases {
+            assert_eq!(next_link(header).as_deref(), want, "{header}");
+        }
+    }
+
     use super::*;
 
     #[test]

@@ -4,12 +4,15 @@
 //! Modules in data-flow order:
 //! - [`reference`]: parse and normalise image references (`golang:1.17` →
 //!   `docker.io/library/golang:1.17`).
+//! - [`select`]: which listed tags or repositories a many-image mirror row
+//!   takes (`tags` and `repositories` rules).
 //! - [`settings`]: per-registry settings (endpoint overrides, TLS, credentials).
 //! - [`auth`]: credentials (explicit, Docker config, helpers) and challenges.
 //! - [`ecr`]: ECR hosts, authorization tokens and repository creation.
 //! - [`registries`]: one HTTP client per registry, with its credentials.
 //! - [`client`]: the registry HTTP API (manifests, blobs, mounts, uploads),
-//!   with auth and retries per [`retry`].
+//!   with auth and retries per [`retry`], and adaptive concurrency per
+//!   [`limit`] (fewer requests at once after a 429).
 //! - [`manifest`] and [`digest`]: raw manifests and their parsed form; streaming
 //!   sha256 verification.
 //! - [`ledger`]: which blobs are present or in flight per repository.
@@ -30,6 +33,7 @@ pub mod enqueue;
 pub mod error;
 pub mod job;
 pub mod ledger;
+pub mod limit;
 pub mod manifest;
 pub mod metrics;
 pub mod plan;
@@ -38,6 +42,7 @@ pub mod reference;
 pub mod registries;
 pub mod retry;
 pub mod scan;
+pub mod select;
 pub mod settings;
 pub mod shutdown;
 pub mod store;

@@ -458,3 +458,132 @@ async fn an_expired_ecr_token_is_refreshed_and_the_copy_succeeds() {
         digest
     );
 }
+
+/// A registry that answers 429 gets fewer requests at once (halved per burst,
+/// grown back on success) and the copy still completes.
+#[tokio::test]
+async fn rate_limits_slow_a_registry_down_and_the_copy_still_succeeds() {
+    let stack = Stack::get();
+    let repo = unique("f-adaptive");
+    let digest = push_fixture(&stack, &repo).await;
+    let dp = FaultProxy::start(
+        &stack.dst,
+        Faults {
+            throttle: 0.3,
+            ..Default::default()
+        },
+        5,
+    )
+    .await
+    .unwrap();
+    let mut s = settings(&stack, &[&dp]);
+    s.registries.get_mut(&dp.addr).unwrap().max_concurrency = Some(8);
+    let e = engine(s);
+    let r = copy(
+        &e,
+        &format!("{}/{repo}:v1", stack.src),
+        &format!("{}/{repo}:v1", dp.addr),
+    )
+    .await;
+    assert_ne!(
+        r.destinations[0].outcome,
+        Outcome::Failed,
+        "{:?}",
+        r.destinations[0].error
+    );
+    assert_eq!(
+        Skopeo::plain()
+            .digest(&format!("{}/{repo}:v1", stack.dst))
+            .unwrap(),
+        digest
+    );
+    let reg = e
+        .registries()
+        .get(&dp.addr, mirrorfleet_common::registries::Role::Destination)
+        .await
+        .unwrap();
+    let (now, lowest) = reg.concurrency();
+    let counts = e.registries().request_counts().await;
+    eprintln!("adaptive: limit 8 -> lowest {lowest}, now {now}; {counts:?}");
+    assert!(counts[&dp.addr].throttled > 0, "{counts:?}");
+    assert!(lowest < 8, "429s did not slow the registry down");
+}
+
+/// Tag and catalog listings follow `Link` pages to the end, with the cursor
+/// used exactly as the registry gave it.
+#[tokio::test]
+async fn tags_and_catalog_are_listed_across_pages() {
+    use mirrorfleet_common::registries::Role;
+    let stack = Stack::get();
+    let repo = unique("f-pages");
+    let p = Pusher::new(Target::plain(&stack.src)).unwrap();
+    let img = p
+        .image(&repo, false, ("linux", "amd64"), &[100], json!({}))
+        .await
+        .unwrap();
+    let raw = serde_json::to_vec(
+        &json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [img]}),
+    )
+    .unwrap();
+    let mut want = Vec::new();
+    for i in 0..7 {
+        let tag = format!("t{i}");
+        p.manifest(&repo, &tag, OCI_INDEX, &raw).await.unwrap();
+        want.push(tag);
+    }
+    let e = engine(settings(&stack, &[]));
+    let src = e.registries().get(&stack.src, Role::Source).await.unwrap();
+    let mut tags = src.list_tags(&repo, 2).await.unwrap();
+    tags.sort();
+    assert_eq!(tags, want);
+    let before = src
+        .stats
+        .requests
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let repos = src.catalog(1000).await.unwrap();
+    assert!(repos.contains(&repo), "{repo} not in the catalog");
+    assert!(
+        src.stats
+            .requests
+            .load(std::sync::atomic::Ordering::Relaxed)
+            > before
+    );
+    let err = src.list_tags("no/such/repo", 10).await.unwrap_err();
+    assert!(err.to_string().contains("was not found"), "{err}");
+
+    // A cursor that is not `last=`: followed as given, to another path even.
+    let mut routes = HashMap::new();
+    let page = |tags: &[&str], next: Option<&str>| {
+        let headers = next
+            .map(|n| vec![("Link".to_string(), format!("<{n}>; rel=\"next\""))])
+            .unwrap_or_default();
+        (
+            200,
+            "application/json".to_string(),
+            headers,
+            serde_json::to_vec(&json!({"name": "app", "tags": tags})).unwrap(),
+        )
+    };
+    routes.insert(
+        "/v2/".to_string(),
+        (200, "application/json".into(), vec![], b"{}".to_vec()),
+    );
+    routes.insert(
+        "/v2/app/tags/list".to_string(),
+        page(
+            &["a", "b"],
+            Some("/v2/app/tags/page2?cursor=eyJ4IjoxfQ%3D%3D"),
+        ),
+    );
+    routes.insert(
+        "/v2/app/tags/page2".to_string(),
+        page(&["c"], Some("/v2/app/tags/page3?cursor=opaque")),
+    );
+    routes.insert("/v2/app/tags/page3".to_string(), page(&[], None));
+    let fake = FakeRegistry::start(routes).await.unwrap();
+    let mut s = settings(&stack, &[]);
+    s.mark_plain_http(&fake.addr);
+    let e = engine(s);
+    let reg = e.registries().get(&fake.addr, Role::Source).await.unwrap();
+    assert_eq!(reg.list_tags("app", 2).await.unwrap(), ["a", "b", "c"]);
+}
