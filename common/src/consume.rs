@@ -218,7 +218,7 @@ async fn handle(
             return (JobEnd::Malformed, 0);
         }
     };
-    let source_key = job.source.to_string();
+    let source_key = job.row.clone();
     tracing::Span::current().record("source", source_key.as_str());
     let row = match store.get(&source_key).await {
         Ok(Some(r)) => r,
@@ -245,7 +245,7 @@ async fn handle(
     let dests: Vec<_> = job
         .destinations
         .iter()
-        .filter(|d| row.mirror.destinations.contains(d))
+        .filter(|d| row.mirror.covers(&job.source, d))
         .cloned()
         .collect();
     if dests.is_empty() {

@@ -98,15 +98,18 @@ pub async fn apply(
                         .map(|(_, r)| r.as_str())
                         .collect::<Vec<_>>()
                         .join("; ");
-                    jobs.push((
-                        Job::new(
-                            &row.mirror.source,
-                            Some(source_digest.clone()),
-                            &dests,
-                            &reason,
-                        ),
-                        rp,
-                    ));
+                    let mut job = Job::new(
+                        &row.mirror.source,
+                        Some(source_digest.clone()),
+                        &dests,
+                        &reason,
+                    );
+                    // A repository row, or a key typed in another form than the
+                    // normalised source: the worker must find the row by its key.
+                    if rp.key != job.source {
+                        job.row = Some(rp.key.clone());
+                    }
+                    jobs.push((job, rp));
                 }
             }
         }

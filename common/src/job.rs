@@ -20,6 +20,11 @@ pub struct Job {
     pub reason: String,
     #[serde(default)]
     pub enqueued_at: String,
+    /// The table row the job belongs to, when that is not `source` (a
+    /// repository row expanded to one job per tag). Workers that predate it
+    /// ignore it, so the version stays 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub row: Option<String>,
 }
 
 /// A job whose references are parsed and valid.
@@ -31,6 +36,8 @@ pub struct ValidJob {
     pub reason: String,
     /// When the controller queued it (RFC 3339), for queue-lag metrics.
     pub enqueued_at: String,
+    /// The table row (its `source` key) that asked for this copy.
+    pub row: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -85,6 +92,7 @@ impl Job {
             destinations: destinations.iter().map(ToString::to_string).collect(),
             reason: reason.to_string(),
             enqueued_at: crate::table::now_rfc3339(),
+            row: None,
         }
     }
 
@@ -170,6 +178,8 @@ impl Job {
         };
         let reason = string("reason", false)?;
         let enqueued_at = string("enqueued_at", false)?;
+        let row = Some(string("row", false)?).filter(|r| !r.is_empty());
+        let row_key = row.unwrap_or_else(|| source.clone());
         let source = source
             .parse()
             .map_err(|e: crate::reference::ReferenceError| JobError::Reference {
@@ -191,6 +201,7 @@ impl Job {
             return Err(JobError::NoDestinations);
         }
         Ok(ValidJob {
+            row: row_key,
             source,
             source_digest,
             destinations,

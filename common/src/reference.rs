@@ -94,6 +94,22 @@ impl Reference {
         })
     }
 
+    /// A repository named without tag or digest (`registry.example.com/team/app`),
+    /// for rows whose tags are picked by a rule.
+    pub fn parse_repository(s: &str) -> Result<Reference, ReferenceError> {
+        let r: Reference = s.parse()?;
+        let last = s.trim().rsplit('/').next().unwrap_or_default();
+        if r.digest.is_some() || last.contains(':') {
+            return Err(ReferenceError {
+                input: s.to_string(),
+                reason: "a row with a `tags` rule names a repository without a tag or digest; \
+                         the rule picks the tags"
+                    .into(),
+            });
+        }
+        Ok(Reference { tag: None, ..r })
+    }
+
     /// `registry/repository` without tag or digest.
     pub fn name(&self) -> String {
         format!("{}/{}", self.registry, self.repository)

@@ -99,43 +99,34 @@ pub async fn scan(
     for scanned in rows {
         let limit = limit.clone();
         checks.push(async move {
+            let key = scanned.key;
             let row = match scanned.row {
                 Ok(r) => r,
                 Err(reason) => {
-                    return Some(RowPlan {
-                        key: scanned.key,
+                    return vec![RowPlan {
+                        key,
                         row: None,
                         plan: Err(reason),
-                    });
+                    }];
                 }
             };
-            if let Some(f) = filter
+            if row.mirror.select.is_none()
+                && let Some(f) = filter
                 && !f.matches(&row.mirror.source)
             {
-                return None;
+                return Vec::new();
             }
             if !row.mirror.enabled {
-                return Some(RowPlan {
-                    key: scanned.key,
+                return vec![RowPlan {
+                    key,
                     plan: Ok(Plan::Disabled),
                     row: Some(row),
-                });
+                }];
             }
-            let _permit = limit.acquire().await.ok()?;
-            let source = probe(engine, &row.mirror.source, Role::Source).await;
-            let mut dests = Vec::with_capacity(row.mirror.destinations.len());
-            // Destinations only matter when the source is readable.
-            if matches!(source, Probe::Found(_)) {
-                for d in &row.mirror.destinations {
-                    dests.push(probe(engine, d, Role::Destination).await);
-                }
+            if row.mirror.select.is_some() {
+                return plan_repository(engine, key, row, filter, &limit, requeue_after).await;
             }
-            let p = plan(&row, &source, &dests, SystemTime::now(), requeue_after);
-            Some(RowPlan {
-                key: scanned.key,
-                plan: Ok(p),
-                row: Some(row),
-            })
+            vec![plan_image(engine, key, row, &limit, requeue_after).await]
         });
     }
     Ok(futures_util::future::join_all(checks)
@@ -144,3 +135,116 @@ pub async fn scan(
         .flatten()
         .collect())
 }
+
+/// HEAD one image's source and destinations, and plan it.
+async fn plan_image(
+    engine: &Engine,
+    key: String,
+    row: Row,
+    limit: &Semaphore,
+    requeue_after: Duration,
+) -> RowPlan {
+    let Ok(_permit) = limit.acquire().await else {
+        return RowPlan {
+            key,
+            row: Some(row),
+            plan: Err("the scan was stopped".into()),
+        };
+    };
+    let source = probe(engine, &row.mirror.source, Role::Source).await;
+    let mut dests = Vec::with_capacity(row.mirror.destinations.len());
+    // Destinations only matter when the source is readable.
+    if matches!(source, Probe::Found(_)) {
+        for d in &row.mirror.destinations {
+            dests.push(probe(engine, d, Role::Destination).await);
+        }
+    }
+    let p = plan(&row, &source, &dests, SystemTime::now(), requeue_after);
+    RowPlan {
+        key,
+        plan: Ok(p),
+        row: Some(row),
+    }
+}
+
+/// A repository row: list its tags, pick them with the row's rule, and plan
+/// each picked image like an image row (status kept per expanded
+/// destination, under the row's own key).
+async fn plan_repository(
+    engine: &Engine,
+    key: String,
+    row: Row,
+    filter: Option<&EventFilter>,
+    limit: &Semaphore,
+    requeue_after: Duration,
+) -> Vec<RowPlan> {
+    let fail = |row: Row, reason: String| {
+        vec![RowPlan {
+            key: key.clone(),
+            row: Some(row),
+            plan: Err(reason),
+        }]
+    };
+    let Some(sel) = &row.mirror.select else {
+        return Vec::new();
+    };
+    let rules = match sel.tags.compile() {
+        Ok(r) => r,
+        Err(e) => return fail(row, e.to_string()),
+    };
+    let source = row.mirror.source.clone();
+    let listed = match engine
+        .registries()
+        .get(source.registry(), Role::Source)
+        .await
+    {
+        Ok(reg) => reg.list_tags(source.repository(), TAGS_PAGE).await,
+        Err(e) => Err(e),
+    };
+    let tags = match listed {
+        Ok(t) => t,
+        Err(e) => return fail(row, format!("cannot list the tags of {source}: {e}")),
+    };
+    let picked = rules.apply(&tags);
+    if picked.is_empty() {
+        let reason = format!(
+            "no tag of {source} matches the `tags` rule ({} tags listed)",
+            tags.len()
+        );
+        return fail(row, reason);
+    }
+    let images = match row.mirror.expand(&picked) {
+        Ok(i) => i,
+        Err(e) => return fail(row, e),
+    };
+    let mut plans = Vec::new();
+    for image in images {
+        if filter.is_some_and(|f| !f.matches(&image.source)) {
+            continue;
+        }
+        let status = image
+            .destinations
+            .iter()
+            .filter_map(|d| {
+                let k = d.to_string();
+                row.status.get(&k).map(|st| (k, st.clone()))
+            })
+            .collect();
+        let image_row = Row {
+            mirror: image,
+            status,
+            error: row.error.clone(),
+        };
+        plans.push(plan_image(
+            engine,
+            key.clone(),
+            image_row,
+            limit,
+            requeue_after,
+        ));
+    }
+    futures_util::future::join_all(plans).await
+}
+
+/// Tags per listing request: ECR refuses more than 1000.
+const TAGS_PAGE: usize = 1000;

@@ -265,7 +265,7 @@ impl DynamoStore {
             .key("source", s(m.source.to_string()))
             .expression_attribute_values(
                 ":d",
-                AttributeValue::L(m.destinations.iter().map(|d| s(d.to_string())).collect()),
+                AttributeValue::L(m.destination_names().into_iter().map(s).collect()),
             )
             .expression_attribute_values(":e", AttributeValue::Bool(m.enabled));
         match m.overwrite {
@@ -274,6 +274,14 @@ impl DynamoStore {
                 req = req.expression_attribute_values(":o", AttributeValue::Bool(o));
             }
             None => remove.push("overwrite"),
+        }
+        match &m.select {
+            Some(sel) => {
+                set.push("tags = :t");
+                let rules = serde_json::to_value(&sel.tags).unwrap_or_default();
+                req = req.expression_attribute_values(":t", json_to_attr(&rules));
+            }
+            None => remove.push("tags"),
         }
         match m.expires {
             Some(x) => {
@@ -460,12 +468,22 @@ pub fn row_from_item(item: &HashMap<String, AttributeValue>) -> ScannedRow {
             }
             None => return Err("the row has no `destinations`".into()),
         };
+        let tags = match item.get("tags") {
+            None => None,
+            Some(v) => Some(
+                serde_json::from_value::<crate::select::TagRules>(attr_to_json(v))
+                    .map_err(|e| format!("`tags`: {e}"))?,
+            ),
+        };
         if item.contains_key("platforms") {
             // Copying a subset changes the digest; until that is built, say so
             // rather than silently mirroring every platform.
             return Err("`platforms` (a platform subset) is not supported yet; remove it to mirror every platform".into());
         }
-        let mut mirror = Mirror::new(&key, &dests)?;
+        let mut mirror = match tags {
+            Some(t) => Mirror::with_tags(&key, &dests, t)?,
+            None => Mirror::new(&key, &dests)?,
+        };
         mirror.enabled = match item.get("enabled") {
             None => true,
             Some(AttributeValue::Bool(b)) => *b,
@@ -520,6 +538,50 @@ pub fn row_from_item(item: &HashMap<String, AttributeValue>) -> ScannedRow {
         })
     })();
     ScannedRow { key, row }
+}
+
+/// A DynamoDB value as JSON, so hand-typed maps (a row's `tags`) are read
+/// with the same serde rules as the YAML file. A map typed as a JSON string
+/// is read as that JSON.
+fn attr_to_json(v: &AttributeValue) -> serde_json::Value {
+    use serde_json::Value as J;
+    match v {
+        AttributeValue::S(x) => serde_json::from_str::<J>(x)
+            .ok()
+            .filter(J::is_object)
+            .unwrap_or_else(|| J::String(x.clone())),
+        AttributeValue::N(n) => n
+            .parse::<i64>()
+            .map(J::from)
+            .or_else(|_| n.parse::<f64>().map(J::from))
+            .unwrap_or_else(|_| J::String(n.clone())),
+        AttributeValue::Bool(b) => J::Bool(*b),
+        AttributeValue::Null(_) => J::Null,
+        AttributeValue::L(l) => J::Array(l.iter().map(attr_to_json).collect()),
+        AttributeValue::Ss(ss) => J::Array(ss.iter().cloned().map(J::String).collect()),
+        AttributeValue::M(m) => J::Object(
+            m.iter()
+                .map(|(k, v)| (k.clone(), attr_to_json(v)))
+                .collect(),
+        ),
+        _ => J::Null,
+    }
+}
+
+fn json_to_attr(v: &serde_json::Value) -> AttributeValue {
+    use serde_json::Value as J;
+    match v {
+        J::Null => AttributeValue::Null(true),
+        J::Bool(b) => AttributeValue::Bool(*b),
+        J::Number(n) => AttributeValue::N(n.to_string()),
+        J::String(x) => s(x.clone()),
+        J::Array(a) => AttributeValue::L(a.iter().map(json_to_attr).collect()),
+        J::Object(o) => AttributeValue::M(
+            o.iter()
+                .map(|(k, v)| (k.clone(), json_to_attr(v)))
+                .collect(),
+        ),
+    }
 }
 
 fn status_to_attr(st: &DestStatus) -> AttributeValue {

@@ -25,6 +25,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::digest::Digest;
 use crate::reference::Reference;
+use crate::select::TagRules;
 
 /// What a user asked for: a source and where to mirror it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,6 +37,65 @@ pub struct Mirror {
     pub overwrite: Option<bool>,
     /// Unix seconds after which DynamoDB's TTL may delete the row.
     pub expires: Option<i64>,
+    /// For a row naming a repository: which tags to mirror, and where. Such a
+    /// row has no `destinations` of its own; [`Mirror::expand`] turns it into
+    /// one image row per selected tag.
+    pub select: Option<Select>,
+}
+
+/// A repository row's tag rule and its targets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Select {
+    pub tags: TagRules,
+    pub targets: Vec<Target>,
+}
+
+/// Where a selected tag goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// The same tag in this repository.
+    Repository(Reference),
+    /// The same tag under this prefix, keeping the source's repository path
+    /// (`registry/mirror/` + `team/app` -> `registry/mirror/team/app`).
+    Prefix { registry: String, path: String },
+}
+
+impl Target {
+    fn parse(raw: &str) -> Result<Target, String> {
+        if let Some(stem) = raw.strip_suffix('/') {
+            // Validate the prefix by parsing it as a repository of its own.
+            let r = Reference::parse_repository(stem).map_err(|e| e.to_string())?;
+            return Ok(Target::Prefix {
+                registry: r.registry().to_string(),
+                path: r.repository().to_string(),
+            });
+        }
+        Ok(Target::Repository(
+            Reference::parse_repository(raw).map_err(|e| e.to_string())?,
+        ))
+    }
+
+    /// The destination of `source` (a tagged image of the row's repository).
+    pub fn destination(&self, source: &Reference) -> Result<Reference, String> {
+        let tag = source.tag().unwrap_or("latest");
+        let repo = match self {
+            Target::Repository(r) => r.clone(),
+            Target::Prefix { registry, path } => {
+                Reference::parse_repository(&format!("{registry}/{path}/{}", source.repository()))
+                    .map_err(|e| e.to_string())?
+            }
+        };
+        repo.with_tag(tag).map_err(|e| e.to_string())
+    }
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::Repository(r) => write!(f, "{r}"),
+            Target::Prefix { registry, path } => write!(f, "{registry}/{path}/"),
+        }
+    }
 }
 
 /// A destination's state, as written back by the controller and workers.
@@ -91,6 +151,30 @@ pub struct Row {
     pub mirror: Mirror,
     pub status: BTreeMap<String, DestStatus>,
     pub error: Option<String>,
+}
+
+impl Row {
+    /// Each destination and its status: an image row's destinations (a
+    /// missing status is the default, "new"), or every image a repository
+    /// row has queued or mirrored so far.
+    pub fn destination_statuses(&self) -> Vec<(String, DestStatus)> {
+        if self.mirror.select.is_some() {
+            return self
+                .status
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+        }
+        self.mirror
+            .destinations
+            .iter()
+            .map(|d| {
+                let k = d.to_string();
+                let st = self.status.get(&k).cloned().unwrap_or_default();
+                (k, st)
+            })
+            .collect()
+    }
 }
 
 /// A row as read from the table: the raw key and either the row or why it
@@ -154,7 +238,99 @@ impl Mirror {
             enabled: true,
             overwrite: None,
             expires: None,
+            select: None,
         })
+    }
+
+    /// A repository row: `source` without a tag, `tags` picking which of its
+    /// tags to mirror, each target a repository or a prefix ending in `/`.
+    pub fn with_tags(source: &str, targets: &[String], tags: TagRules) -> Result<Mirror, String> {
+        let source =
+            Reference::parse_repository(source.trim()).map_err(|e| format!("source: {e}"))?;
+        tags.compile().map_err(|e| e.to_string())?;
+        let mut parsed: Vec<Target> = Vec::new();
+        for (i, raw) in targets
+            .iter()
+            .flat_map(|d| d.split(','))
+            .map(str::trim)
+            .filter(|d| !d.is_empty())
+            .enumerate()
+        {
+            let t = Target::parse(raw).map_err(|e| format!("destination {}: {e}", i + 1))?;
+            if matches!(&t, Target::Repository(r) if r.name() == source.name()) {
+                return Err(format!("destination {t} is the source itself"));
+            }
+            if parsed.contains(&t) {
+                return Err(format!("destination {t} is listed twice"));
+            }
+            parsed.push(t);
+        }
+        if parsed.is_empty() {
+            return Err(format!("mirror {source} has no destinations"));
+        }
+        Ok(Mirror {
+            source,
+            destinations: Vec::new(),
+            enabled: true,
+            overwrite: None,
+            expires: None,
+            select: Some(Select {
+                tags,
+                targets: parsed,
+            }),
+        })
+    }
+
+    /// What the row names as destinations, as written (targets for a
+    /// repository row).
+    pub fn destination_names(&self) -> Vec<String> {
+        match &self.select {
+            Some(sel) => sel.targets.iter().map(ToString::to_string).collect(),
+            None => self.destinations.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    /// One image mirror per tag of a repository row (tags as listed by the
+    /// registry, already picked by the rule). An image row expands to itself.
+    pub fn expand(&self, tags: &[String]) -> Result<Vec<Mirror>, String> {
+        let Some(sel) = &self.select else {
+            return Ok(vec![self.clone()]);
+        };
+        let mut out = Vec::with_capacity(tags.len());
+        for tag in tags {
+            let source = self.source.with_tag(tag).map_err(|e| e.to_string())?;
+            let destinations = sel
+                .targets
+                .iter()
+                .map(|t| t.destination(&source))
+                .collect::<Result<Vec<_>, _>>()?;
+            out.push(Mirror {
+                source,
+                destinations,
+                select: None,
+                ..self.clone()
+            });
+        }
+        Ok(out)
+    }
+
+    /// Whether copying `source` to `dest` is still what this row asks for
+    /// (a worker checks before acting on a queued job). For a repository row
+    /// the tag must still pass the rule's filters (not `latest`, which
+    /// depends on the other tags).
+    pub fn covers(&self, source: &Reference, dest: &Reference) -> bool {
+        let Some(sel) = &self.select else {
+            return self.destinations.contains(dest);
+        };
+        let tag_ok = source.name() == self.source.name()
+            && source
+                .tag()
+                .is_some_and(|t| sel.tags.compile().is_ok_and(|c| c.matches(t)));
+        tag_ok
+            && sel
+                .targets
+                .iter()
+                .any(|t| t.destination(source).is_ok_and(|d| &d == dest))
     }
 }
 
@@ -174,6 +350,9 @@ pub struct MirrorFile {
 pub struct FileRow {
     pub source: String,
     pub destinations: Destinations,
+    /// For a source without a tag: which of its tags to mirror.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tags: Option<TagRules>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enabled: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -211,11 +390,15 @@ impl MirrorFile {
         })?;
         let mut out: Vec<Mirror> = Vec::new();
         for (i, row) in file.mirrors.iter().enumerate() {
-            let mut m = Mirror::new(&row.source, &row.destinations.to_vec()).map_err(|e| {
-                TableError::Parse {
-                    path: path.to_string(),
-                    message: format!("mirror {} ({}): {e}", i + 1, shortened(&row.source)),
+            let made = match &row.tags {
+                Some(tags) => {
+                    Mirror::with_tags(&row.source, &row.destinations.to_vec(), tags.clone())
                 }
+                None => Mirror::new(&row.source, &row.destinations.to_vec()),
+            };
+            let mut m = made.map_err(|e| TableError::Parse {
+                path: path.to_string(),
+                message: format!("mirror {} ({}): {e}", i + 1, shortened(&row.source)),
             })?;
             if out.iter().any(|o| o.source == m.source) {
                 return Err(TableError::Parse {
@@ -249,9 +432,8 @@ impl MirrorFile {
                 .iter()
                 .map(|m| FileRow {
                     source: m.source.to_string(),
-                    destinations: Destinations::List(
-                        m.destinations.iter().map(ToString::to_string).collect(),
-                    ),
+                    destinations: Destinations::List(m.destination_names()),
+                    tags: m.select.as_ref().map(|s| s.tags.clone()),
                     enabled: (!m.enabled).then_some(false),
                     overwrite: m.overwrite,
                     expires: m.expires,
@@ -300,17 +482,24 @@ pub fn parse_csv(text: &str) -> Result<Vec<Mirror>, TableError> {
     Ok(out)
 }
 
-pub fn render_csv(mirrors: &[Mirror]) -> String {
+/// CSV holds image rows only; a repository row's tag rule needs YAML.
+pub fn render_csv(mirrors: &[Mirror]) -> Result<String, TableError> {
     let mut s = String::from("source,destinations\n");
     for m in mirrors {
+        if m.select.is_some() {
+            return Err(TableError::Invalid(format!(
+                "mirror {} has a `tags` rule, which CSV cannot hold; export as YAML",
+                m.source
+            )));
+        }
         s.push_str(&m.source.to_string());
-        for d in &m.destinations {
+        for d in m.destination_names() {
             s.push(',');
-            s.push_str(&d.to_string());
+            s.push_str(&d);
         }
         s.push('\n');
     }
-    s
+    Ok(s)
 }
 
 /// Now as RFC 3339 with seconds, UTC.
@@ -321,6 +510,111 @@ pub fn now_rfc3339() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn repository_rows_expand_to_one_image_per_tag() {
+        let text = "mirrors:\n  - source: registry.example.com/team/app\n    tags: {semver: '>=1.1', latest: 2}\n    destinations: [r.example.com/mirror/, s.example.com/copy/app]\n";
+        let m = MirrorFile::parse(text, "m.yaml").unwrap();
+        let row = &m[0];
+        assert_eq!(row.source.to_string(), "registry.example.com/team/app");
+        assert!(row.destinations.is_empty());
+        assert_eq!(
+            row.destination_names(),
+            ["r.example.com/mirror/", "s.example.com/copy/app"]
+        );
+        let images = row.expand(&["1.2.0".into(), "1.1.0".into()]).unwrap();
+        let pairs: Vec<(String, Vec<String>)> = images
+            .iter()
+            .map(|i| {
+                (
+                    i.source.to_string(),
+                    i.destinations.iter().map(ToString::to_string).collect(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            pairs,
+            [
+                (
+                    "registry.example.com/team/app:1.2.0".to_string(),
+                    vec![
+                        "r.example.com/mirror/team/app:1.2.0".to_string(),
+                        "s.example.com/copy/app:1.2.0".to_string()
+                    ]
+                ),
+                (
+                    "registry.example.com/team/app:1.1.0".to_string(),
+                    vec![
+                        "r.example.com/mirror/team/app:1.1.0".to_string(),
+                        "s.example.com/copy/app:1.1.0".to_string()
+                    ]
+                ),
+            ]
+        );
+        // A worker acts only on pairs the row still asks for.
+        let src: Reference = "registry.example.com/team/app:1.2.0".parse().unwrap();
+        let ok: Reference = "r.example.com/mirror/team/app:1.2.0".parse().unwrap();
+        let other: Reference = "r.example.com/mirror/team/app:9.9.9".parse().unwrap();
+        let old: Reference = "registry.example.com/team/app:1.0.0".parse().unwrap();
+        let old_dest: Reference = "s.example.com/copy/app:1.0.0".parse().unwrap();
+        assert!(row.covers(&src, &ok));
+        assert!(!row.covers(&src, &other));
+        assert!(!row.covers(&old, &old_dest), "1.0.0 is outside the range");
+        // The YAML form survives export and import.
+        assert_eq!(
+            MirrorFile::parse(&MirrorFile::render(&m), "again").unwrap(),
+            m
+        );
+        assert!(
+            render_csv(&m)
+                .unwrap_err()
+                .to_string()
+                .contains("CSV cannot hold")
+        );
+    }
+
+    #[test]
+    fn repository_rows_refuse_what_cannot_work() {
+        let cases = [
+            (
+                "registry.example.com/team/app:1.0",
+                vec!["r.example.com/m/"],
+                "source: invalid image reference \"registry.example.com/team/app:1.0\": a row with a `tags` rule names a repository without a tag or digest; the rule picks the tags",
+            ),
+            (
+                "registry.example.com/team/app",
+                vec!["registry.example.com/team/app"],
+                "destination registry.example.com/team/app is the source itself",
+            ),
+            (
+                "registry.example.com/team/app",
+                vec!["r.example.com/m/", "r.example.com/m/"],
+                "destination r.example.com/m/ is listed twice",
+            ),
+            (
+                "registry.example.com/team/app",
+                vec!["r.example.com/m:1"],
+                "destination 1: invalid image reference \"r.example.com/m:1\": a row with a `tags` rule names a repository without a tag or digest; the rule picks the tags",
+            ),
+            (
+                "registry.example.com/team/app",
+                vec![],
+                "mirror registry.example.com/team/app has no destinations",
+            ),
+        ];
+        for (source, dests, want) in cases {
+            let dests: Vec<String> = dests.into_iter().map(String::from).collect();
+            let err = Mirror::with_tags(source, &dests, TagRules::default()).unwrap_err();
+            assert_eq!(err, want);
+        }
+        let bad = TagRules {
+            latest: Some(0),
+            ..Default::default()
+        };
+        let err =
+            Mirror::with_tags("a.example.com/x", &["b.example.com/y".into()], bad).unwrap_err();
+        assert_eq!(err, "tags.latest must be at least 1");
+    }
 
     #[test]
     fn parses_yaml_with_both_destination_forms() {
@@ -394,7 +688,7 @@ mod tests {
         let m = parse_csv("source,destinations\n# comment\ngolang:1.17,a.example.com/g:1.17,b.example.com/g:1.17\n\n").unwrap();
         assert_eq!(m.len(), 1);
         assert_eq!(m[0].destinations.len(), 2);
-        assert_eq!(parse_csv(&render_csv(&m)).unwrap(), m);
+        assert_eq!(parse_csv(&render_csv(&m).unwrap()).unwrap(), m);
         assert!(
             parse_csv("golang:1\n")
                 .unwrap_err()

@@ -113,7 +113,7 @@ async fn once(
     };
     let rows = store.scan(1).await?;
     match args.output {
-        OutputFormat::Text => crate::table_cmd::list(&rows, OutputFormat::Text)?,
+        OutputFormat::Text => crate::table_cmd::list(&rows, OutputFormat::Text, false)?,
         OutputFormat::Json => {
             let v = serde_json::json!({
                 "plan": summary,
@@ -128,10 +128,10 @@ async fn once(
         Ok(row) => {
             row.error.is_some()
                 || (row.mirror.enabled
-                    && row.mirror.destinations.iter().any(|d| {
-                        row.status.get(&d.to_string()).and_then(|s| s.state)
-                            != Some(mirrorfleet_common::table::State::Synced)
-                    }))
+                    && row
+                        .destination_statuses()
+                        .iter()
+                        .any(|(_, st)| st.state != Some(mirrorfleet_common::table::State::Synced)))
         }
     });
     tracing::info!(

@@ -6,9 +6,11 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Args, Subcommand, ValueEnum};
+use mirrorfleet_common::Reference;
 use mirrorfleet_common::cli::{OutputFormat, table};
+use mirrorfleet_common::select::TagRules;
 use mirrorfleet_common::store::DynamoStore;
-use mirrorfleet_common::table::{Mirror, MirrorFile, ScannedRow, parse_csv, render_csv};
+use mirrorfleet_common::table::{Mirror, MirrorFile, Row, ScannedRow, parse_csv, render_csv};
 
 #[derive(Debug, Args)]
 #[command(
@@ -17,6 +19,9 @@ use mirrorfleet_common::table::{Mirror, MirrorFile, ScannedRow, parse_csv, rende
   mirrorfleet-controller table create --table mirrors\n  \
   mirrorfleet-controller table add --table mirrors golang:1.17 \\\n      \
       123456789012.dkr.ecr.us-east-1.amazonaws.com/golang:1.17 123456789012.dkr.ecr.us-east-2.amazonaws.com/golang:1.17\n  \
+  mirrorfleet-controller table add --table mirrors --semver '>=1.20' --latest 5 golang \\\n      \
+      123456789012.dkr.ecr.us-east-1.amazonaws.com/mirror/     # the 5 newest tags >= 1.20, kept as mirror/library/golang\n  \
+  mirrorfleet-controller table ls --table mirrors --expand   # each image of repository rows\n  \
   mirrorfleet-controller table ls --table mirrors\n  \
   mirrorfleet-controller table import --table mirrors mirrors.yaml\n  \
   mirrorfleet-controller table export --table mirrors --format csv > mirrors.csv"
@@ -44,6 +49,28 @@ enum TableCommand {
         /// Add it disabled (the controller skips it).
         #[arg(long)]
         disabled: bool,
+        /// A repository row (SOURCE without a tag): mirror the tags matching
+        /// this regex (repeatable); destinations are repositories, or prefixes
+        /// ending in `/` under which the source path is kept.
+        #[arg(
+            long = "include-tags",
+            env = "MIRRORFLEET_INCLUDE_TAGS",
+            value_name = "REGEX"
+        )]
+        include_tags: Vec<String>,
+        /// A repository row: skip the tags matching this regex (repeatable).
+        #[arg(
+            long = "exclude-tags",
+            env = "MIRRORFLEET_EXCLUDE_TAGS",
+            value_name = "REGEX"
+        )]
+        exclude_tags: Vec<String>,
+        /// A repository row: only tags in this semver range (e.g. ">=1.20 <2").
+        #[arg(long, env = "MIRRORFLEET_SEMVER", value_name = "RANGE")]
+        semver: Option<String>,
+        /// A repository row: only the newest N tags (by semver).
+        #[arg(long, env = "MIRRORFLEET_LATEST", value_name = "N")]
+        latest: Option<usize>,
     },
     /// Remove a mirror (images already mirrored stay where they are).
     Rm { source: String },
@@ -51,6 +78,9 @@ enum TableCommand {
     Ls {
         #[arg(long, env = "MIRRORFLEET_OUTPUT", value_enum, default_value_t = OutputFormat::Text)]
         output: OutputFormat,
+        /// List each image of a repository row instead of a summary line.
+        #[arg(long, env = "MIRRORFLEET_EXPAND")]
+        expand: bool,
     },
     /// Add every mirror of a YAML or CSV file (`-` for stdin); all are validated first.
     Import {
@@ -103,22 +133,29 @@ async fn run(args: TableArgs) -> anyhow::Result<ExitCode> {
             destinations,
             no_overwrite,
             disabled,
+            include_tags,
+            exclude_tags,
+            semver,
+            latest,
         } => {
+            let rules = TagRules {
+                include: include_tags,
+                exclude: exclude_tags,
+                semver,
+                latest,
+            };
             // Validate before writing: an invalid reference is refused with the reason.
-            let mut m = Mirror::new(&source, &destinations).map_err(anyhow::Error::msg)?;
+            let made = if rules.is_empty() {
+                Mirror::new(&source, &destinations)
+            } else {
+                Mirror::with_tags(&source, &destinations, rules)
+            };
+            let mut m = made.map_err(anyhow::Error::msg)?;
             fits_in_an_item(&m)?;
             m.enabled = !disabled;
             m.overwrite = no_overwrite.then_some(false);
             store.put_mirror(&m).await?;
-            println!(
-                "added {} -> {}",
-                m.source,
-                m.destinations
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            );
+            println!("added {} -> {}", m.source, m.destination_names().join(", "));
         }
         TableCommand::Rm { source } => {
             let key = source
@@ -132,7 +169,7 @@ async fn run(args: TableArgs) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::from(1));
             }
         }
-        TableCommand::Ls { output } => list(&store.scan(4).await?, output)?,
+        TableCommand::Ls { output, expand } => list(&store.scan(4).await?, output, expand)?,
         TableCommand::Import { file, format } => {
             let text = if file.as_os_str() == "-" {
                 let mut s = String::new();
@@ -173,7 +210,7 @@ async fn run(args: TableArgs) -> anyhow::Result<ExitCode> {
                 .collect();
             match format {
                 FileFormat::Yaml => print!("{}", MirrorFile::render(&mirrors)),
-                FileFormat::Csv => print!("{}", render_csv(&mirrors)),
+                FileFormat::Csv => print!("{}", render_csv(&mirrors)?),
             }
         }
     }
@@ -211,8 +248,48 @@ fn fits_in_an_item(m: &Mirror) -> anyhow::Result<()> {
     )
 }
 
-/// The status table: one line per destination.
-pub fn list(rows: &[ScannedRow], output: OutputFormat) -> anyhow::Result<()> {
+/// One line for a repository row: its targets and how many of its images
+/// are in each state.
+fn repository_summary(row: &Row) -> (Vec<String>, serde_json::Value) {
+    let statuses = row.destination_statuses();
+    let mut counts: std::collections::BTreeMap<&str, usize> = Default::default();
+    for (_, st) in &statuses {
+        *counts
+            .entry(st.state.map(|s| s.as_str()).unwrap_or("new"))
+            .or_default() += 1;
+    }
+    let state = if !row.mirror.enabled {
+        "disabled".to_string()
+    } else if statuses.is_empty() {
+        "no images yet".to_string()
+    } else {
+        let parts: Vec<String> = counts.iter().map(|(k, n)| format!("{n} {k}")).collect();
+        format!("{} images: {}", statuses.len(), parts.join(", "))
+    };
+    let last = statuses
+        .iter()
+        .filter_map(|(_, st)| st.last_success.clone())
+        .max()
+        .unwrap_or_else(|| "-".into());
+    let targets = row.mirror.destination_names().join(", ");
+    let line = vec![
+        row.mirror.source.to_string(),
+        targets.clone(),
+        state.clone(),
+        "-".into(),
+        last,
+        row.error.clone().unwrap_or_default(),
+    ];
+    let json = serde_json::json!({
+        "source": row.mirror.source.to_string(), "destination": targets, "state": state,
+        "images": statuses.len(), "states": counts, "row_error": row.error,
+    });
+    (line, json)
+}
+
+/// The status table: one line per destination; a repository row is one
+/// summary line unless `expand` lists each of its images.
+pub fn list(rows: &[ScannedRow], output: OutputFormat, expand: bool) -> anyhow::Result<()> {
     let mut lines = Vec::new();
     let mut json = Vec::new();
     for r in rows {
@@ -228,9 +305,23 @@ pub fn list(rows: &[ScannedRow], output: OutputFormat) -> anyhow::Result<()> {
                 ]);
                 json.push(serde_json::json!({"source": r.key, "error": e}));
             }
+            Ok(row) if row.mirror.select.is_some() && !expand => {
+                let (line, j) = repository_summary(row);
+                lines.push(line);
+                json.push(j);
+            }
             Ok(row) => {
-                for d in &row.mirror.destinations {
-                    let st = row.status.get(&d.to_string()).cloned().unwrap_or_default();
+                for (d, st) in row.destination_statuses() {
+                    // A repository row's image: its source is the row's
+                    // repository at the destination's tag.
+                    let source = match (&row.mirror.select, d.parse::<Reference>()) {
+                        (Some(_), Ok(dr)) => dr
+                            .tag()
+                            .and_then(|t| row.mirror.source.with_tag(t).ok())
+                            .map(|s| s.to_string())
+                            .unwrap_or_else(|| row.mirror.source.to_string()),
+                        _ => row.mirror.source.to_string(),
+                    };
                     let state = if !row.mirror.enabled {
                         "disabled".to_string()
                     } else {
@@ -250,16 +341,16 @@ pub fn list(rows: &[ScannedRow], output: OutputFormat) -> anyhow::Result<()> {
                         .or_else(|| row.error.clone())
                         .unwrap_or_default();
                     lines.push(vec![
-                        row.mirror.source.to_string(),
-                        d.to_string(),
+                        source.clone(),
+                        d.clone(),
                         state.clone(),
                         digest,
                         st.last_success.clone().unwrap_or_else(|| "-".into()),
                         error.clone(),
                     ]);
                     json.push(serde_json::json!({
-                        "source": row.mirror.source.to_string(), "destination": d.to_string(), "state": state,
-                        "status": st, "row_error": row.error,
+                        "source": source, "destination": d, "state": state,
+                        "status": st, "row_error": row.error, "row": r.key,
                     }));
                 }
             }

@@ -617,3 +617,154 @@ async fn an_older_result_never_overwrites_a_newer_one() {
         .await;
     assert!(matches!(gone, Err(StoreError::RowGone(_))), "{gone:?}");
 }
+
+/// A repository row with a tag rule, in local mode: the picked tags arrive
+/// under a prefix and in a repository, a second sync moves nothing, and a new
+/// tag moves the window.
+#[tokio::test]
+async fn repository_rows_mirror_the_tags_their_rule_picks() {
+    let stack = Stack::get();
+    let repo = unique("reporow");
+    let mut digests = std::collections::HashMap::new();
+    for tag in ["1.0.0", "1.1.0", "1.2.0", "1.3.0-rc1", "latest"] {
+        digests.insert(tag, push_image(&stack, &repo, tag).await);
+    }
+    let dir = std::env::temp_dir().join(unique("mf-reporow"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("mirrors.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "mirrors:\n  - source: {0}/{repo}\n    tags: {{semver: '>=1.1', latest: 2}}\n    destinations: [{1}/mirror/, {1}/{repo}-copy]\n",
+            stack.src, stack.dst
+        ),
+    )
+    .unwrap();
+    let plain = format!("{},{}", stack.src, stack.dst);
+    let sync = || {
+        run_bin(
+            "mirrorfleet-controller",
+            &[
+                "sync",
+                "--plain-http",
+                &plain,
+                "--output",
+                "json",
+                file.to_str().unwrap(),
+            ],
+            &[],
+        )
+    };
+    let (code, out, err) = sync();
+    assert_eq!(code, 0, "{out}\n{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["plan"]["jobs_enqueued"], 2, "{v}");
+    let sk = Skopeo::plain();
+    for tag in ["1.2.0", "1.1.0"] {
+        for dest in [
+            format!("{}/mirror/{repo}:{tag}", stack.dst),
+            format!("{}/{repo}-copy:{tag}", stack.dst),
+        ] {
+            assert_eq!(sk.digest(&dest).unwrap(), digests[tag], "{dest}");
+        }
+    }
+    for tag in ["1.0.0", "1.3.0-rc1", "latest"] {
+        assert!(
+            sk.raw(&format!("{}/{repo}-copy:{tag}", stack.dst)).is_err(),
+            "{tag} was not picked but was mirrored"
+        );
+    }
+
+    // Nothing changed: nothing to do.
+    let (code, out, err) = sync();
+    assert_eq!(code, 0, "{out}\n{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["plan"]["jobs_enqueued"], 0, "{v}");
+    assert_eq!(v["plan"]["in_sync"], 2, "{v}");
+
+    // A newer release moves the window of the 2 newest.
+    let d14 = push_image(&stack, &repo, "1.4.0").await;
+    let (code, out, err) = sync();
+    assert_eq!(code, 0, "{out}\n{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["plan"]["jobs_enqueued"], 1, "{v}");
+    assert_eq!(
+        sk.digest(&format!("{}/{repo}-copy:1.4.0", stack.dst))
+            .unwrap(),
+        d14
+    );
+}
+
+/// The same through DynamoDB, SQS and a worker: `table add` with a rule,
+/// `run`, `consume`, and `table ls` as a summary and expanded.
+#[tokio::test]
+async fn repository_rows_through_the_queue_with_summary_and_expanded_listing() {
+    let stack = Stack::get();
+    let (env, queue, _) = setup(&stack, "reporow-aws").await;
+    let repo = unique("reporow-aws");
+    for tag in ["v1.0", "v2.0", "v2.1", "dev"] {
+        push_image(&stack, &repo, tag).await;
+    }
+    let src = format!("{}/{repo}", stack.src);
+    let (code, out, err) = run(
+        "mirrorfleet-controller",
+        &[
+            "table",
+            "add",
+            "--include-tags",
+            "^v",
+            "--semver",
+            ">=2",
+            &src,
+            &format!("{}/mirror/", stack.dst),
+        ],
+        &env,
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, err) = run("mirrorfleet-controller", &["run"], &env);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(queue_depth(&stack, &queue).await, 2);
+    let (code, out, err) = run(
+        "mirrorfleet-worker",
+        &["consume", "--wait", "1s", "--exit-when-idle", "2s"],
+        &env,
+    );
+    assert_eq!(code, 0, "{out}{err}");
+
+    let summary = table_json(&env);
+    assert_eq!(summary.len(), 1, "{summary:#?}");
+    assert_eq!(summary[0]["state"], "2 images: 2 synced", "{summary:#?}");
+    assert_eq!(summary[0]["destination"], format!("{}/mirror/", stack.dst));
+    let (code, out, err) = run(
+        "mirrorfleet-controller",
+        &["table", "ls", "--expand", "--output", "json"],
+        &env,
+    );
+    assert_eq!(code, 0, "{err}");
+    let rows: Vec<Value> = serde_json::from_str(&out).unwrap();
+    let mut images: Vec<(String, String)> = rows
+        .iter()
+        .map(|r| {
+            assert_eq!(r["state"], "synced", "{r}");
+            assert_eq!(r["row"], src.as_str(), "{r}");
+            (
+                r["source"].as_str().unwrap().to_string(),
+                r["destination"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    images.sort();
+    assert_eq!(
+        images,
+        [
+            (
+                format!("{src}:v2.0"),
+                format!("{}/mirror/{repo}:v2.0", stack.dst)
+            ),
+            (
+                format!("{src}:v2.1"),
+                format!("{}/mirror/{repo}:v2.1", stack.dst)
+            ),
+        ]
+    );
+}
