@@ -18,6 +18,7 @@ use reqwest::{Method, Response, StatusCode};
 use url::Url;
 
 use crate::auth::{Challenge, Credentials, Token, TokenResponse};
+use crate::bucket::TokenBucket;
 use crate::digest::Digest;
 use crate::ecr::{Ecr, EcrHost};
 use crate::error::{Error, Result};
@@ -94,6 +95,8 @@ pub struct RequestStats {
     pub throttled: AtomicU64,
     pub reauths: AtomicU64,
     pub token_fetches: AtomicU64,
+    /// Manifest GETs held back because the registry's pull quota ran low.
+    pub slowed: AtomicU64,
 }
 
 /// A snapshot of [`RequestStats`], for reports.
@@ -104,6 +107,7 @@ pub struct RequestCounts {
     pub throttled: u64,
     pub reauths: u64,
     pub token_fetches: u64,
+    pub slowed: u64,
 }
 
 impl RequestCounts {
@@ -113,6 +117,7 @@ impl RequestCounts {
         self.throttled += o.throttled;
         self.reauths += o.reauths;
         self.token_fetches += o.token_fetches;
+        self.slowed += o.slowed;
     }
 }
 
@@ -124,6 +129,7 @@ impl RequestStats {
             throttled: self.throttled.load(Ordering::Relaxed),
             reauths: self.reauths.load(Ordering::Relaxed),
             token_fetches: self.token_fetches.load(Ordering::Relaxed),
+            slowed: self.slowed.load(Ordering::Relaxed),
         }
     }
 }
@@ -155,7 +161,76 @@ pub struct Registry {
     challenge: std::sync::Mutex<Option<Challenge>>,
     tokens: tokio::sync::Mutex<HashMap<String, Token>>,
     limit: Limiter,
+    /// Paces manifest PUTs (ECR's `PutImage` quota); `None`: unlimited.
+    manifest_puts: Option<TokenBucket>,
+    pulls: std::sync::Mutex<PullPace>,
     pub stats: RequestStats,
+}
+
+/// Pacing of manifest GETs while a registry's pull quota is low.
+#[derive(Debug, Default)]
+struct PullPace {
+    low: bool,
+    gap: Duration,
+    /// When the next manifest GET may go.
+    next: Option<tokio::time::Instant>,
+}
+
+/// Pull quota left at or below this (or the concurrency limit, if higher)
+/// slows the registry down.
+const PULLS_LOW_WATER: u64 = 5;
+
+/// The longest wait between two manifest GETs when the quota is low: a
+/// slowed mirror must still finish, and Docker Hub's window slides.
+const MAX_PULL_GAP: Duration = Duration::from_secs(60);
+
+/// One burst token for manifest PUTs: pushes are spaced evenly, so no second
+/// sees more than the rate plus one.
+const MANIFEST_PUT_BURST: f64 = 1.0;
+
+/// A registry's pull quota as its response headers tell it (Docker Hub:
+/// `ratelimit-remaining: 76;w=21600`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PullQuota {
+    pub remaining: u64,
+    /// The quota's window, when the registry says.
+    pub window: Option<Duration>,
+}
+
+impl PullQuota {
+    /// From `ratelimit-remaining`, with the window from its `w=`, else from
+    /// `ratelimit-limit`'s `w=`, else `ratelimit-reset` (seconds).
+    pub fn from_headers(h: &HeaderMap) -> Option<PullQuota> {
+        let (remaining, w) = parse_quota_value(&header_str(h, "ratelimit-remaining")?)?;
+        let window = w
+            .or_else(|| header_str(h, "ratelimit-limit").and_then(|v| parse_quota_value(&v)?.1))
+            .or_else(|| header_str(h, "ratelimit-reset").and_then(|v| v.parse().ok()))
+            .map(Duration::from_secs);
+        Some(PullQuota { remaining, window })
+    }
+
+    /// How long to leave between pulls so the rest lasts the window.
+    pub fn gap(&self) -> Duration {
+        self.window
+            .map(|w| {
+                (w / u32::try_from(self.remaining.max(1)).unwrap_or(u32::MAX)).min(MAX_PULL_GAP)
+            })
+            .unwrap_or_default()
+    }
+}
+
+/// `76;w=21600` → (76, Some(21600)); a bare `76` has no window.
+fn parse_quota_value(v: &str) -> Option<(u64, Option<u64>)> {
+    let mut parts = v.split(';');
+    let n = parts.next()?.trim().parse().ok()?;
+    let w = parts.find_map(|p| {
+        let (k, v) = p.split_once('=')?;
+        k.trim()
+            .eq_ignore_ascii_case("w")
+            .then(|| v.trim().parse().ok())
+            .flatten()
+    });
+    Some((n, w))
 }
 
 /// How long a response may go silent before the request counts as failed
@@ -223,6 +298,14 @@ impl Registry {
         let http = builder
             .build()
             .map_err(|e| invalid(format!("cannot build the HTTP client: {e}")))?;
+        let manifest_puts = match settings.manifest_puts_per_second(host) {
+            None => None,
+            Some(rate) => Some(TokenBucket::new(rate, MANIFEST_PUT_BURST).ok_or_else(|| {
+                invalid(format!(
+                    "manifest_puts_per_second must be a number above 0, not {rate}"
+                ))
+            })?),
+        };
         Ok(Registry {
             host: host.to_string(),
             base,
@@ -232,6 +315,8 @@ impl Registry {
             challenge: std::sync::Mutex::new(None),
             tokens: tokio::sync::Mutex::new(HashMap::new()),
             limit: Limiter::new(settings.max_concurrency.unwrap_or(DEFAULT_MAX_CONCURRENCY)),
+            manifest_puts,
+            pulls: std::sync::Mutex::new(PullPace::default()),
             stats: RequestStats::default(),
         })
     }
@@ -404,6 +489,20 @@ impl Registry {
         let mut reauthed = false;
         let mut force_token = false;
         loop {
+            // Every attempt counts against a quota, retries too, so each waits.
+            match build(&self.http).build() {
+                Ok(r) if r.method() == Method::PUT && r.url().path().contains("/manifests/") => {
+                    if let Some(b) = &self.manifest_puts {
+                        b.take().await;
+                    }
+                }
+                // Docker Hub counts manifest GETs as pulls; HEADs (which the
+                // engine sends first) and blob GETs are free, so never slowed.
+                Ok(r) if r.method() == Method::GET && r.url().path().contains("/manifests/") => {
+                    self.pace_pull().await;
+                }
+                _ => {}
+            }
             let auth = self.authorization(scope, force_token).await?;
             force_token = false;
             let mut req = build(&self.http);
@@ -414,6 +513,9 @@ impl Registry {
                 let _permit = self.limit.acquire().await.ok_or(Error::Cancelled)?;
                 self.stats.requests.fetch_add(1, Ordering::Relaxed);
                 let result = req.send().await;
+                if let Ok(r) = &result {
+                    self.note_pull_quota(r.headers());
+                }
                 match &result {
                     Ok(r) if r.status() == StatusCode::TOO_MANY_REQUESTS => {
                         self.stats.throttled.fetch_add(1, Ordering::Relaxed);
@@ -481,6 +583,58 @@ impl Registry {
                 }
                 _ => return Err(self.status_error(resp).await),
             }
+        }
+    }
+
+    fn pull_pace(&self) -> std::sync::MutexGuard<'_, PullPace> {
+        // Poisoned only by a panic mid-update of plain values: still usable.
+        self.pulls.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Slow down or speed up again per the pull quota a response reports.
+    fn note_pull_quota(&self, headers: &HeaderMap) {
+        let Some(q) = PullQuota::from_headers(headers) else {
+            return;
+        };
+        let low_water = (self.limit.limit() as u64).max(PULLS_LOW_WATER);
+        let mut p = self.pull_pace();
+        if q.remaining > low_water {
+            if p.low {
+                tracing::info!(registry = %self.host, remaining = q.remaining, "registry pull limit recovered; full speed again");
+            }
+            *p = PullPace::default();
+            return;
+        }
+        let gap = q.gap();
+        if !p.low {
+            tracing::warn!(
+                registry = %self.host,
+                seconds_between_pulls = gap.as_secs_f64(),
+                "registry pull limit nearly used up: {} pulls left in the window; slowing down",
+                q.remaining
+            );
+        }
+        p.low = true;
+        p.gap = gap;
+        let after_this = tokio::time::Instant::now() + gap;
+        p.next = Some(p.next.map_or(after_this, |n| n.max(after_this)));
+    }
+
+    /// Wait for this manifest GET's turn while the pull quota is low.
+    async fn pace_pull(&self) {
+        let slot = {
+            let mut p = self.pull_pace();
+            if !p.low || p.gap.is_zero() {
+                return;
+            }
+            let now = tokio::time::Instant::now();
+            let slot = p.next.map_or(now, |n| n.max(now));
+            p.next = Some(slot + p.gap);
+            slot
+        };
+        if slot > tokio::time::Instant::now() {
+            self.stats.slowed.fetch_add(1, Ordering::Relaxed);
+            tokio::time::sleep_until(slot).await;
         }
     }
 
@@ -652,7 +806,8 @@ impl Registry {
         Ok(Some(manifest))
     }
 
-    /// PUT a manifest's raw bytes under `reference` (a tag or its digest).
+    /// PUT a manifest's raw bytes under `reference` (a tag or its digest),
+    /// paced by `manifest_puts_per_second` (in `send`, so retries are too).
     pub async fn put_manifest(&self, repo: &str, reference: &str, m: &Manifest) -> Result<()> {
         let url = self.url(&format!("v2/{repo}/manifests/{reference}"));
         let resp = self
@@ -1021,6 +1176,65 @@ mod tests {
     }
 
     use super::*;
+
+    #[test]
+    fn reads_docker_hub_pull_quotas() {
+        let h = |pairs: &[(&'static str, &'static str)]| {
+            let mut m = HeaderMap::new();
+            for (k, v) in pairs {
+                m.insert(*k, v.parse().unwrap());
+            }
+            m
+        };
+        let hub = h(&[
+            ("ratelimit-limit", "100;w=21600"),
+            ("ratelimit-remaining", "76;w=21600"),
+            ("docker-ratelimit-source", "203.0.113.7"),
+        ]);
+        let q = PullQuota::from_headers(&hub).unwrap();
+        assert_eq!(
+            q,
+            PullQuota {
+                remaining: 76,
+                window: Some(Duration::from_secs(21600))
+            }
+        );
+        // 21600 s / 76 pulls is more than the cap.
+        assert_eq!(q.gap(), MAX_PULL_GAP);
+        let q = PullQuota::from_headers(&h(&[("RateLimit-Remaining", "0;w=60")])).unwrap();
+        assert_eq!(q.remaining, 0);
+        assert_eq!(q.gap(), Duration::from_secs(60), "0 left divides by 1");
+        let q = PullQuota::from_headers(&h(&[("ratelimit-remaining", "4;w=2")])).unwrap();
+        assert_eq!(q.gap(), Duration::from_millis(500));
+        // The window from the limit header, or the reset, when remaining has none.
+        let q = PullQuota::from_headers(&h(&[
+            ("ratelimit-limit", "100;w=300"),
+            ("ratelimit-remaining", "3"),
+        ]))
+        .unwrap();
+        assert_eq!(q.window, Some(Duration::from_secs(300)));
+        let q = PullQuota::from_headers(&h(&[
+            ("ratelimit-remaining", "10"),
+            ("ratelimit-reset", "50"),
+        ]))
+        .unwrap();
+        assert_eq!(q.gap(), Duration::from_secs(5));
+        let q = PullQuota::from_headers(&h(&[("ratelimit-remaining", "7")])).unwrap();
+        assert_eq!((q.window, q.gap()), (None, Duration::ZERO));
+        assert_eq!(
+            PullQuota::from_headers(&h(&[("ratelimit-limit", "100;w=21600")])),
+            None
+        );
+        assert_eq!(
+            PullQuota::from_headers(&h(&[("ratelimit-remaining", "lots")])),
+            None
+        );
+        assert_eq!(
+            parse_quota_value(" 76 ; W = 21600 "),
+            Some((76, Some(21600)))
+        );
+        assert_eq!(parse_quota_value("76;x=1;w=5"), Some((76, Some(5))));
+    }
 
     #[test]
     fn scopes() {

@@ -12,7 +12,8 @@
 //! - [`registries`]: one HTTP client per registry, with its credentials.
 //! - [`client`]: the registry HTTP API (manifests, blobs, mounts, uploads),
 //!   with auth and retries per [`retry`], and adaptive concurrency per
-//!   [`limit`] (fewer requests at once after a 429).
+//!   [`limit`] (fewer requests at once after a 429), and manifest pushes
+//!   paced per [`bucket`] (ECR's `PutImage` rate).
 //! - [`manifest`] and [`digest`]: raw manifests and their parsed form; streaming
 //!   sha256 verification.
 //! - [`ledger`]: which blobs are present or in flight per repository.
@@ -23,6 +24,7 @@
 
 pub mod auth;
 pub mod aws;
+pub mod bucket;
 pub mod cli;
 pub mod client;
 pub mod consume;

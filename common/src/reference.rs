@@ -110,6 +110,37 @@ impl Reference {
         Ok(Reference { tag: None, ..r })
     }
 
+    /// A registry, or a namespace in it, whose repositories a row selects:
+    /// `registry.example.com/team/*` or `registry.example.com/*`. The result
+    /// has the namespace as its repository path (empty for a whole registry).
+    pub fn parse_namespace(s: &str) -> Result<Reference, ReferenceError> {
+        let err = |reason: &str| ReferenceError {
+            input: s.to_string(),
+            reason: reason.into(),
+        };
+        let stem = s
+            .trim()
+            .strip_suffix("/*")
+            .ok_or_else(|| err("a registry-wide row ends in /*"))?;
+        if stem.contains('/') {
+            let r = Reference::parse_repository(stem)?;
+            return Ok(Reference { tag: None, ..r });
+        }
+        // A bare host: it must look like one (a dot, a port or localhost),
+        // as a first path component must for the registry to be named.
+        if !(stem.contains('.') || stem.contains(':') || stem == "localhost") {
+            return Err(err(
+                "name a registry host before /* (registry.example.com/*, or a namespace: registry.example.com/team/*)",
+            ));
+        }
+        let probe = Reference::parse_repository(&format!("{stem}/x"))?;
+        Ok(Reference {
+            repository: String::new(),
+            tag: None,
+            ..probe
+        })
+    }
+
     /// `registry/repository` without tag or digest.
     pub fn name(&self) -> String {
         format!("{}/{}", self.registry, self.repository)

@@ -169,7 +169,8 @@ async fn plan_image(
 
 /// A repository row: list its tags, pick them with the row's rule, and plan
 /// each picked image like an image row (status kept per expanded
-/// destination, under the row's own key).
+/// destination, under the row's own key). A registry-wide row does this for
+/// each repository of the catalog its rule picks.
 async fn plan_repository(
     engine: &Engine,
     key: String,
@@ -185,14 +186,99 @@ async fn plan_repository(
             plan: Err(reason),
         }]
     };
-    let Some(sel) = &row.mirror.select else {
+    let wide = row
+        .mirror
+        .select
+        .as_ref()
+        .is_some_and(|s| s.repositories.is_some());
+    if !wide {
+        let mirror = row.mirror.clone();
+        return match plan_tags(engine, &key, &row, &mirror, filter, limit, requeue_after).await {
+            Ok(plans) if plans.is_empty() && filter.is_none() => {
+                let reason = format!("no tag of {} matches the `tags` rule", row.mirror.source);
+                fail(row, reason)
+            }
+            Ok(plans) => plans,
+            Err(reason) => fail(row, reason),
+        };
+    }
+    let registry = row.mirror.source.registry().to_string();
+    let listed = match engine.registries().get(&registry, Role::Source).await {
+        Ok(reg) => reg.catalog(TAGS_PAGE).await,
+        Err(e) => Err(e),
+    };
+    let catalog = match listed {
+        Ok(c) => c,
+        Err(e) => {
+            return fail(
+                row,
+                format!("cannot list the repositories of {registry}: {e}"),
+            );
+        }
+    };
+    // An event names one repository: list only its tags.
+    let repos: Vec<&String> = catalog
+        .iter()
+        .filter(|r| filter.is_none_or(|f| &f.repository == *r))
+        .filter(|r| row.mirror.selects_repository(r))
+        .collect();
+    if repos.is_empty() && filter.is_some() {
         return Vec::new();
+    }
+    if repos.is_empty() {
+        let reason = format!(
+            "no repository of {} matches the row ({} listed)",
+            row.mirror.key(),
+            catalog.len()
+        );
+        return fail(row, reason);
+    }
+    let mut plans = Vec::new();
+    let mut errors = Vec::new();
+    for repo in repos {
+        let planned = match row.mirror.for_repository(repo) {
+            Ok(m) => plan_tags(engine, &key, &row, &m, filter, limit, requeue_after).await,
+            Err(e) => Err(e),
+        };
+        match planned {
+            Ok(p) => plans.extend(p),
+            Err(e) => errors.push(e),
+        }
+    }
+    if !errors.is_empty() {
+        // The row keeps the error until a run lists everything; the images
+        // that could be listed are still mirrored.
+        for p in &mut plans {
+            if let Some(r) = &mut p.row {
+                r.error = None;
+            }
+        }
+        let reason = format!(
+            "{} of its repositories: {}",
+            errors.len(),
+            errors.join("; ")
+        );
+        plans.extend(fail(row, reason));
+    }
+    plans
+}
+
+/// List the tags of `mirror` (a repository row), pick them, and plan each
+/// image; statuses come from `row`. `Err` when the tags cannot be listed.
+async fn plan_tags(
+    engine: &Engine,
+    key: &str,
+    row: &Row,
+    mirror: &crate::table::Mirror,
+    filter: Option<&EventFilter>,
+    limit: &Semaphore,
+    requeue_after: Duration,
+) -> Result<Vec<RowPlan>, String> {
+    let Some(sel) = &mirror.select else {
+        return Ok(Vec::new());
     };
-    let rules = match sel.tags.compile() {
-        Ok(r) => r,
-        Err(e) => return fail(row, e.to_string()),
-    };
-    let source = row.mirror.source.clone();
+    let rules = sel.tags.compile().map_err(|e| e.to_string())?;
+    let source = &mirror.source;
     let listed = match engine
         .registries()
         .get(source.registry(), Role::Source)
@@ -201,22 +287,8 @@ async fn plan_repository(
         Ok(reg) => reg.list_tags(source.repository(), TAGS_PAGE).await,
         Err(e) => Err(e),
     };
-    let tags = match listed {
-        Ok(t) => t,
-        Err(e) => return fail(row, format!("cannot list the tags of {source}: {e}")),
-    };
-    let picked = rules.apply(&tags);
-    if picked.is_empty() {
-        let reason = format!(
-            "no tag of {source} matches the `tags` rule ({} tags listed)",
-            tags.len()
-        );
-        return fail(row, reason);
-    }
-    let images = match row.mirror.expand(&picked) {
-        Ok(i) => i,
-        Err(e) => return fail(row, e),
-    };
+    let tags = listed.map_err(|e| format!("cannot list the tags of {source}: {e}"))?;
+    let images = mirror.expand(&rules.apply(&tags))?;
     let mut plans = Vec::new();
     for image in images {
         if filter.is_some_and(|f| !f.matches(&image.source)) {
@@ -237,13 +309,13 @@ async fn plan_repository(
         };
         plans.push(plan_image(
             engine,
-            key.clone(),
+            key.to_string(),
             image_row,
             limit,
             requeue_after,
         ));
     }
-    futures_util::future::join_all(plans).await
+    Ok(futures_util::future::join_all(plans).await)
 }
 
 /// Tags per listing request: ECR refuses more than 1000.

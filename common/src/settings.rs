@@ -12,8 +12,10 @@
 //!     password_env: INTERNAL_REGISTRY_PASSWORD
 //!     max_concurrency: 8
 //!     read_timeout_seconds: 60
+//!     manifest_puts_per_second: 5      # default: unlimited (10 for ECR hosts)
 //!   123456789012.dkr.ecr.us-east-1.amazonaws.com:
 //!     role_arn: arn:aws:iam::123456789012:role/mirror-push
+//!     manifest_puts_per_second: 0.5    # per worker: 20 workers share ECR's 10/s
 //! ecr:
 //!   tag_mutability: IMMUTABLE
 //!   scan_on_push: true
@@ -28,6 +30,9 @@ use crate::auth::{Credentials, Secret};
 
 /// Default number of concurrent requests to one registry.
 pub const DEFAULT_MAX_CONCURRENCY: usize = 16;
+
+/// ECR's `PutImage` quota: 10 per second per account and region.
+pub const ECR_MANIFEST_PUTS_PER_SECOND: f64 = 10.0;
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -70,6 +75,11 @@ pub struct RegistrySettings {
     /// For ECR hosts: assume this role to get the registry's token.
     #[serde(default)]
     pub role_arn: Option<String>,
+    /// Manifest pushes per second from this process (default: 10 for ECR
+    /// hosts, unlimited otherwise). A quota is per account and region, so a
+    /// fleet of workers divides it between them.
+    #[serde(default)]
+    pub manifest_puts_per_second: Option<f64>,
 }
 
 /// How repositories created in ECR destinations are set up.
@@ -157,6 +167,11 @@ impl Settings {
             if (r.password_env.is_some() || r.password_file.is_some()) && r.username.is_none() {
                 return Err(bad("a password needs a username"));
             }
+            if let Some(rate) = r.manifest_puts_per_second
+                && !(rate.is_finite() && rate > 0.0)
+            {
+                return Err(bad("manifest_puts_per_second must be a number above 0"));
+            }
             if r.max_concurrency == Some(0) {
                 return Err(bad("max_concurrency must be at least 1"));
             }
@@ -187,6 +202,13 @@ impl Settings {
 }
 
 impl RegistrySettings {
+    /// The manifest push rate for `host`: as configured, else ECR's quota for
+    /// ECR hosts, else `None` (unlimited).
+    pub fn manifest_puts_per_second(&self, host: &str) -> Option<f64> {
+        self.manifest_puts_per_second
+            .or_else(|| crate::ecr::EcrHost::parse(host).map(|_| ECR_MANIFEST_PUTS_PER_SECOND))
+    }
+
     /// Credentials configured for this registry, reading the password from its
     /// environment variable or file now (never stored elsewhere).
     pub fn credentials(&self, host: &str) -> Result<Option<Credentials>, SettingsError> {
@@ -247,6 +269,38 @@ mod tests {
                 .to_string()
                 .contains("username")
         );
+    }
+
+    #[test]
+    fn manifest_put_rate_defaults_to_ecrs_quota_on_ecr_only() {
+        let none = RegistrySettings::default();
+        assert_eq!(
+            none.manifest_puts_per_second("123456789012.dkr.ecr.us-east-1.amazonaws.com"),
+            Some(10.0)
+        );
+        assert_eq!(
+            none.manifest_puts_per_second("registry.internal:5000"),
+            None
+        );
+        assert_eq!(none.manifest_puts_per_second("docker.io"), None);
+        let set = RegistrySettings {
+            manifest_puts_per_second: Some(0.5),
+            ..Default::default()
+        };
+        assert_eq!(
+            set.manifest_puts_per_second("123456789012.dkr.ecr.us-east-1.amazonaws.com"),
+            Some(0.5)
+        );
+        assert_eq!(set.manifest_puts_per_second("r.example.com"), Some(0.5));
+
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("r.yaml");
+        std::fs::write(&p, "registries:\n  x:\n    manifest_puts_per_second: 2.5\n").unwrap();
+        let s = Settings::load(&p).unwrap();
+        assert_eq!(s.registry("x").manifest_puts_per_second, Some(2.5));
+        std::fs::write(&p, "registries:\n  x:\n    manifest_puts_per_second: 0\n").unwrap();
+        let err = Settings::load(&p).unwrap_err().to_string();
+        assert!(err.contains("manifest_puts_per_second"), "{err}");
     }
 
     #[test]

@@ -262,7 +262,7 @@ impl DynamoStore {
             .client
             .update_item()
             .table_name(&self.table)
-            .key("source", s(m.source.to_string()))
+            .key("source", s(m.key()))
             .expression_attribute_values(
                 ":d",
                 AttributeValue::L(m.destination_names().into_iter().map(s).collect()),
@@ -282,6 +282,14 @@ impl DynamoStore {
                 req = req.expression_attribute_values(":t", json_to_attr(&rules));
             }
             None => remove.push("tags"),
+        }
+        match m.select.as_ref().and_then(|sel| sel.repositories.as_ref()) {
+            Some(rules) => {
+                set.push("repositories = :r");
+                let rules = serde_json::to_value(rules).unwrap_or_default();
+                req = req.expression_attribute_values(":r", json_to_attr(&rules));
+            }
+            None => remove.push("repositories"),
         }
         match m.expires {
             Some(x) => {
@@ -480,9 +488,17 @@ pub fn row_from_item(item: &HashMap<String, AttributeValue>) -> ScannedRow {
             // rather than silently mirroring every platform.
             return Err("`platforms` (a platform subset) is not supported yet; remove it to mirror every platform".into());
         }
-        let mut mirror = match tags {
-            Some(t) => Mirror::with_tags(&key, &dests, t)?,
-            None => Mirror::new(&key, &dests)?,
+        let repositories = match item.get("repositories") {
+            None => None,
+            Some(v) => Some(
+                serde_json::from_value::<crate::select::RepoRules>(attr_to_json(v))
+                    .map_err(|e| format!("`repositories`: {e}"))?,
+            ),
+        };
+        let mut mirror = if tags.is_some() || repositories.is_some() || key.ends_with("/*") {
+            Mirror::with_selection(&key, &dests, tags.unwrap_or_default(), repositories)?
+        } else {
+            Mirror::new(&key, &dests)?
         };
         mirror.enabled = match item.get("enabled") {
             None => true,
@@ -693,7 +709,7 @@ impl FileStore {
         self.mirrors
             .iter()
             .map(|m| {
-                let key = m.source.to_string();
+                let key = m.key();
                 ScannedRow {
                     row: Ok(Row {
                         mirror: m.clone(),
@@ -707,7 +723,7 @@ impl FileStore {
     }
 
     fn known(&self, source: &str) -> bool {
-        self.mirrors.iter().any(|m| m.source.to_string() == source)
+        self.mirrors.iter().any(|m| m.key() == source)
     }
 
     async fn write_status(

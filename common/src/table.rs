@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::digest::Digest;
 use crate::reference::Reference;
-use crate::select::TagRules;
+use crate::select::{RepoRules, TagRules};
 
 /// What a user asked for: a source and where to mirror it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,6 +48,9 @@ pub struct Mirror {
 pub struct Select {
     pub tags: TagRules,
     pub targets: Vec<Target>,
+    /// Set for a registry-wide row (`registry/team/*`): which repositories
+    /// of the catalog (full paths, under the row's namespace) to mirror.
+    pub repositories: Option<RepoRules>,
 }
 
 /// Where a selected tag goes.
@@ -218,6 +221,13 @@ impl Mirror {
             .filter(|d| !d.is_empty())
             .enumerate()
         {
+            if d.ends_with('/') {
+                return Err(format!(
+                    "destination {}: {d} is a prefix, which only a row that picks tags can use \
+                     (a source without a tag plus a `tags` rule, e.g. --include-tags '.*', or a source ending in /*)",
+                    i + 1
+                ));
+            }
             let r: Reference = d.parse().map_err(|e: crate::reference::ReferenceError| {
                 format!("destination {}: {e}", i + 1)
             })?;
@@ -245,9 +255,34 @@ impl Mirror {
     /// A repository row: `source` without a tag, `tags` picking which of its
     /// tags to mirror, each target a repository or a prefix ending in `/`.
     pub fn with_tags(source: &str, targets: &[String], tags: TagRules) -> Result<Mirror, String> {
-        let source =
-            Reference::parse_repository(source.trim()).map_err(|e| format!("source: {e}"))?;
+        Mirror::with_selection(source, targets, tags, None)
+    }
+
+    /// A repository row, or with `repositories` (or a source ending in `/*`)
+    /// a registry-wide row whose targets must be prefixes.
+    pub fn with_selection(
+        source: &str,
+        targets: &[String],
+        tags: TagRules,
+        repositories: Option<RepoRules>,
+    ) -> Result<Mirror, String> {
+        let wide = source.trim().ends_with("/*");
+        if repositories.is_some() && !wide {
+            return Err(format!(
+                "`repositories` needs a registry-wide source ending in /* (not {source:?})"
+            ));
+        }
+        let repositories = wide.then(|| repositories.unwrap_or_default());
+        let source = if wide {
+            Reference::parse_namespace(source)
+        } else {
+            Reference::parse_repository(source.trim())
+        }
+        .map_err(|e| format!("source: {e}"))?;
         tags.compile().map_err(|e| e.to_string())?;
+        if let Some(r) = &repositories {
+            r.validate().map_err(|e| e.to_string())?;
+        }
         let mut parsed: Vec<Target> = Vec::new();
         for (i, raw) in targets
             .iter()
@@ -257,6 +292,11 @@ impl Mirror {
             .enumerate()
         {
             let t = Target::parse(raw).map_err(|e| format!("destination {}: {e}", i + 1))?;
+            if wide && !matches!(t, Target::Prefix { .. }) {
+                return Err(format!(
+                    "destination {t}: a registry-wide row mirrors many repositories, so its destinations are prefixes ending in /"
+                ));
+            }
             if matches!(&t, Target::Repository(r) if r.name() == source.name()) {
                 return Err(format!("destination {t} is the source itself"));
             }
@@ -277,7 +317,61 @@ impl Mirror {
             select: Some(Select {
                 tags,
                 targets: parsed,
+                repositories,
             }),
+        })
+    }
+
+    /// The row's key as users write it: the source, with `/*` for a
+    /// registry-wide row.
+    pub fn key(&self) -> String {
+        let wide = matches!(
+            &self.select,
+            Some(Select {
+                repositories: Some(_),
+                ..
+            })
+        );
+        match (wide, self.source.repository().is_empty()) {
+            (true, true) => format!("{}/*", self.source.registry()),
+            (true, false) => format!("{}/*", self.source.name()),
+            (false, _) => self.source.to_string(),
+        }
+    }
+
+    /// For a registry-wide row: whether `repo` (a full path from the
+    /// catalog) is one it mirrors.
+    pub fn selects_repository(&self, repo: &str) -> bool {
+        let Some(Select {
+            repositories: Some(rules),
+            ..
+        }) = &self.select
+        else {
+            return false;
+        };
+        let ns = self.source.repository();
+        (ns.is_empty()
+            || repo
+                .strip_prefix(ns)
+                .is_some_and(|rest| rest.starts_with('/')))
+            && rules.matches(repo)
+    }
+
+    /// For a registry-wide row: the repository row for one of its
+    /// repositories (same tag rule and targets).
+    pub fn for_repository(&self, repo: &str) -> Result<Mirror, String> {
+        let Some(sel) = &self.select else {
+            return Err(format!("{} is not a registry-wide row", self.key()));
+        };
+        let source = Reference::parse_repository(&format!("{}/{repo}", self.source.registry()))
+            .map_err(|e| e.to_string())?;
+        Ok(Mirror {
+            source,
+            select: Some(Select {
+                repositories: None,
+                ..sel.clone()
+            }),
+            ..self.clone()
         })
     }
 
@@ -322,6 +416,13 @@ impl Mirror {
         let Some(sel) = &self.select else {
             return self.destinations.contains(dest);
         };
+        if sel.repositories.is_some() {
+            return source.registry() == self.source.registry()
+                && self.selects_repository(source.repository())
+                && self
+                    .for_repository(source.repository())
+                    .is_ok_and(|m| m.covers(source, dest));
+        }
         let tag_ok = source.name() == self.source.name()
             && source
                 .tag()
@@ -353,6 +454,9 @@ pub struct FileRow {
     /// For a source without a tag: which of its tags to mirror.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tags: Option<TagRules>,
+    /// For a registry-wide source (`registry/team/*`): which repositories.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repositories: Option<RepoRules>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enabled: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -390,11 +494,19 @@ impl MirrorFile {
         })?;
         let mut out: Vec<Mirror> = Vec::new();
         for (i, row) in file.mirrors.iter().enumerate() {
-            let made = match &row.tags {
-                Some(tags) => {
-                    Mirror::with_tags(&row.source, &row.destinations.to_vec(), tags.clone())
-                }
-                None => Mirror::new(&row.source, &row.destinations.to_vec()),
+            let dests = row.destinations.to_vec();
+            let made = if row.tags.is_some()
+                || row.repositories.is_some()
+                || row.source.trim().ends_with("/*")
+            {
+                Mirror::with_selection(
+                    &row.source,
+                    &dests,
+                    row.tags.clone().unwrap_or_default(),
+                    row.repositories.clone(),
+                )
+            } else {
+                Mirror::new(&row.source, &dests)
             };
             let mut m = made.map_err(|e| TableError::Parse {
                 path: path.to_string(),
@@ -431,9 +543,21 @@ impl MirrorFile {
             mirrors: mirrors
                 .iter()
                 .map(|m| FileRow {
-                    source: m.source.to_string(),
+                    source: m.key(),
                     destinations: Destinations::List(m.destination_names()),
-                    tags: m.select.as_ref().map(|s| s.tags.clone()),
+                    // Empty rules of a /* row are implied by its source; a
+                    // repository row keeps `tags: {}`, or it would read back
+                    // as the image `:latest`.
+                    tags: m
+                        .select
+                        .as_ref()
+                        .filter(|s| !(s.repositories.is_some() && s.tags.is_empty()))
+                        .map(|s| s.tags.clone()),
+                    repositories: m
+                        .select
+                        .as_ref()
+                        .and_then(|s| s.repositories.clone())
+                        .filter(|r| !r.is_empty()),
                     enabled: (!m.enabled).then_some(false),
                     overwrite: m.overwrite,
                     expires: m.expires,
@@ -570,6 +694,66 @@ mod tests {
                 .unwrap_err()
                 .to_string()
                 .contains("CSV cannot hold")
+        );
+    }
+
+    #[test]
+    fn registry_wide_rows_select_repositories_under_their_namespace() {
+        let text = "mirrors:\n  - source: registry.example.com/team/*\n    repositories: {exclude: ['team/tmp-*']}\n    tags: {latest: 1}\n    destinations: r.example.com/mirror/\n  - source: registry.example.com/*\n    destinations: [s.example.com/all/]\n";
+        let m = MirrorFile::parse(text, "m.yaml").unwrap();
+        assert_eq!(m[0].key(), "registry.example.com/team/*");
+        assert_eq!(m[1].key(), "registry.example.com/*");
+        assert!(m[0].selects_repository("team/app"));
+        assert!(m[0].selects_repository("team/sub/app"));
+        assert!(!m[0].selects_repository("team/tmp-1"), "excluded");
+        assert!(!m[0].selects_repository("teamx/app"), "another namespace");
+        assert!(!m[0].selects_repository("other/app"));
+        assert!(m[1].selects_repository("anything/at/all"));
+        let repo = m[0].for_repository("team/app").unwrap();
+        let images = repo.expand(&["2.0".into()]).unwrap();
+        assert_eq!(
+            images[0].destinations[0].to_string(),
+            "r.example.com/mirror/team/app:2.0"
+        );
+        let src: Reference = "registry.example.com/team/app:2.0".parse().unwrap();
+        assert!(m[0].covers(&src, &images[0].destinations[0]));
+        let tmp: Reference = "registry.example.com/team/tmp-1:2.0".parse().unwrap();
+        let tmp_dest: Reference = "r.example.com/mirror/team/tmp-1:2.0".parse().unwrap();
+        assert!(!m[0].covers(&tmp, &tmp_dest));
+        assert_eq!(
+            MirrorFile::parse(&MirrorFile::render(&m), "again").unwrap(),
+            m
+        );
+
+        let err = Mirror::with_selection(
+            "registry.example.com/team/*",
+            &["r.example.com/one/repo".into()],
+            TagRules::default(),
+            None,
+        )
+        .unwrap_err();
+        assert_eq!(
+            err,
+            "destination r.example.com/one/repo: a registry-wide row mirrors many repositories, so its destinations are prefixes ending in /"
+        );
+        let err = Mirror::with_selection(
+            "team/*",
+            &["r.example.com/m/".into()],
+            TagRules::default(),
+            None,
+        )
+        .unwrap_err();
+        assert!(err.contains("name a registry host before /*"), "{err}");
+        let err = Mirror::with_selection(
+            "registry.example.com/team/app",
+            &["r.example.com/m/".into()],
+            TagRules::default(),
+            Some(RepoRules::default()),
+        )
+        .unwrap_err();
+        assert!(
+            err.contains("`repositories` needs a registry-wide source"),
+            "{err}"
         );
     }
 

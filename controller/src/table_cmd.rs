@@ -8,7 +8,7 @@ use anyhow::Context;
 use clap::{Args, Subcommand, ValueEnum};
 use mirrorfleet_common::Reference;
 use mirrorfleet_common::cli::{OutputFormat, table};
-use mirrorfleet_common::select::TagRules;
+use mirrorfleet_common::select::{RepoRules, TagRules};
 use mirrorfleet_common::store::DynamoStore;
 use mirrorfleet_common::table::{Mirror, MirrorFile, Row, ScannedRow, parse_csv, render_csv};
 
@@ -68,6 +68,21 @@ enum TableCommand {
         /// A repository row: only tags in this semver range (e.g. ">=1.20 <2").
         #[arg(long, env = "MIRRORFLEET_SEMVER", value_name = "RANGE")]
         semver: Option<String>,
+        /// A registry-wide row (SOURCE ending in /*): mirror the repositories
+        /// matching this glob (repeatable; `*` one path level, `**` any).
+        #[arg(
+            long = "include-repos",
+            env = "MIRRORFLEET_INCLUDE_REPOS",
+            value_name = "GLOB"
+        )]
+        include_repos: Vec<String>,
+        /// A registry-wide row: skip the repositories matching this glob (repeatable).
+        #[arg(
+            long = "exclude-repos",
+            env = "MIRRORFLEET_EXCLUDE_REPOS",
+            value_name = "GLOB"
+        )]
+        exclude_repos: Vec<String>,
         /// A repository row: only the newest N tags (by semver).
         #[arg(long, env = "MIRRORFLEET_LATEST", value_name = "N")]
         latest: Option<usize>,
@@ -137,6 +152,8 @@ async fn run(args: TableArgs) -> anyhow::Result<ExitCode> {
             exclude_tags,
             semver,
             latest,
+            include_repos,
+            exclude_repos,
         } => {
             let rules = TagRules {
                 include: include_tags,
@@ -145,28 +162,51 @@ async fn run(args: TableArgs) -> anyhow::Result<ExitCode> {
                 latest,
             };
             // Validate before writing: an invalid reference is refused with the reason.
-            let made = if rules.is_empty() {
+            let repos = RepoRules {
+                include: include_repos,
+                exclude: exclude_repos,
+            };
+            let made = if rules.is_empty() && repos.is_empty() && !source.ends_with("/*") {
                 Mirror::new(&source, &destinations)
             } else {
-                Mirror::with_tags(&source, &destinations, rules)
+                Mirror::with_selection(
+                    &source,
+                    &destinations,
+                    rules,
+                    (!repos.is_empty()).then_some(repos),
+                )
             };
             let mut m = made.map_err(anyhow::Error::msg)?;
             fits_in_an_item(&m)?;
             m.enabled = !disabled;
             m.overwrite = no_overwrite.then_some(false);
             store.put_mirror(&m).await?;
-            println!("added {} -> {}", m.source, m.destination_names().join(", "));
+            println!("added {} -> {}", m.key(), m.destination_names().join(", "));
         }
         TableCommand::Rm { source } => {
-            let key = source
-                .parse::<mirrorfleet_common::Reference>()
-                .map(|r| r.to_string())
-                .unwrap_or(source);
-            if store.delete(&key).await? {
-                println!("removed {key}");
-            } else {
-                eprintln!("no mirror for {key}");
-                return Ok(ExitCode::from(1));
+            // An image row's key is its normalised reference; a repository
+            // row's has no tag; a registry-wide row's ends in /*.
+            let mut keys: Vec<String> = Vec::new();
+            if let Ok(r) = source.parse::<Reference>() {
+                keys.push(r.to_string());
+            }
+            if let Ok(r) = Reference::parse_repository(&source) {
+                keys.push(r.to_string());
+            }
+            keys.push(source.clone());
+            let mut removed = None;
+            for key in keys {
+                if store.delete(&key).await? {
+                    removed = Some(key);
+                    break;
+                }
+            }
+            match removed {
+                Some(key) => println!("removed {key}"),
+                None => {
+                    eprintln!("no mirror for {source}");
+                    return Ok(ExitCode::from(1));
+                }
             }
         }
         TableCommand::Ls { output, expand } => list(&store.scan(4).await?, output, expand)?,
@@ -227,7 +267,7 @@ const STATUS_BYTES: usize = 400;
 /// status is recorded: writing it would work, and every later status write
 /// to it would fail.
 fn fits_in_an_item(m: &Mirror) -> anyhow::Result<()> {
-    let source = m.source.to_string().len();
+    let source = m.key().len();
     let base = 64 + 2 * source;
     let per: Vec<usize> = m
         .destinations
@@ -273,7 +313,7 @@ fn repository_summary(row: &Row) -> (Vec<String>, serde_json::Value) {
         .unwrap_or_else(|| "-".into());
     let targets = row.mirror.destination_names().join(", ");
     let line = vec![
-        row.mirror.source.to_string(),
+        row.mirror.key(),
         targets.clone(),
         state.clone(),
         "-".into(),
@@ -281,7 +321,7 @@ fn repository_summary(row: &Row) -> (Vec<String>, serde_json::Value) {
         row.error.clone().unwrap_or_default(),
     ];
     let json = serde_json::json!({
-        "source": row.mirror.source.to_string(), "destination": targets, "state": state,
+        "source": row.mirror.key(), "destination": targets, "state": state,
         "images": statuses.len(), "states": counts, "row_error": row.error,
     });
     (line, json)

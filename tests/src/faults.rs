@@ -46,6 +46,10 @@ pub struct Faults {
     pub bytes_per_second: u64,
     /// Only requests whose `METHOD /path` contains this get faults.
     pub only: Option<String>,
+    /// Docker Hub's pull quota, `(limit, window seconds)`: manifest GET
+    /// responses carry `ratelimit-limit`/`ratelimit-remaining`, one pull
+    /// fewer each time (HEADs are free, as on Docker Hub).
+    pub rate_limit_remaining: Option<(u64, u64)>,
 }
 
 /// An expired-token scenario: from request number `after` on, the
@@ -110,6 +114,7 @@ struct Shared {
     expiry: Mutex<Option<Expiry>>,
     expired_tokens: Mutex<HashSet<String>>,
     ecr_expired_left: AtomicU64,
+    pulls: AtomicU64,
     hook: Mutex<Option<Hook>>,
     counts: Counts,
 }
@@ -154,6 +159,7 @@ impl FaultProxy {
             expiry: Mutex::new(None),
             expired_tokens: Mutex::new(HashSet::new()),
             ecr_expired_left: AtomicU64::new(0),
+            pulls: AtomicU64::new(0),
             hook: Mutex::new(None),
             counts: Counts::default(),
         });
@@ -372,6 +378,16 @@ impl Shared {
                 continue;
             }
             builder = builder.header(k, v);
+        }
+        if let Some((limit, window)) = f.rate_limit_remaining
+            && method == "GET"
+            && path.contains("/manifests/")
+        {
+            let pulled = self.pulls.fetch_add(1, Ordering::Relaxed) + 1;
+            let left = limit.saturating_sub(pulled);
+            builder = builder
+                .header("ratelimit-limit", format!("{limit};w={window}"))
+                .header("ratelimit-remaining", format!("{left};w={window}"));
         }
         let has_body = !is_head && length.is_some_and(|l| l > 0);
         if drop_now && !has_body {

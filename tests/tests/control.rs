@@ -768,3 +768,59 @@ async fn repository_rows_through_the_queue_with_summary_and_expanded_listing() {
         ]
     );
 }
+
+/// A registry-wide row (`registry/namespace/*`): the catalog is listed, the
+/// repository rule picks repositories, the tag rule picks tags, and each
+/// image lands under the prefix with its path kept.
+#[tokio::test]
+async fn registry_wide_rows_mirror_every_picked_repository() {
+    let stack = Stack::get();
+    let ns = unique("wide");
+    let mut want = Vec::new();
+    for name in ["app", "base/os", "tmp-scratch"] {
+        let repo = format!("{ns}/{name}");
+        push_image(&stack, &repo, "1.0").await;
+        let d = push_image(&stack, &repo, "2.0").await;
+        if name != "tmp-scratch" {
+            want.push((repo, d));
+        }
+    }
+    let dir = std::env::temp_dir().join(unique("mf-wide"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("mirrors.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "mirrors:\n  - source: {0}/{ns}/*\n    repositories: {{exclude: ['{ns}/tmp-*']}}\n    tags: {{latest: 1}}\n    destinations: [{1}/wide/]\n",
+            stack.src, stack.dst
+        ),
+    )
+    .unwrap();
+    let plain = format!("{},{}", stack.src, stack.dst);
+    let (code, out, err) = run_bin(
+        "mirrorfleet-controller",
+        &[
+            "sync",
+            "--plain-http",
+            &plain,
+            "--output",
+            "json",
+            file.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{out}\n{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["plan"]["jobs_enqueued"], 2, "{v}");
+    let sk = Skopeo::plain();
+    for (repo, digest) in &want {
+        let dest = format!("{}/wide/{repo}:2.0", stack.dst);
+        assert_eq!(&sk.digest(&dest).unwrap(), digest, "{dest}");
+        assert!(sk.raw(&format!("{}/wide/{repo}:1.0", stack.dst)).is_err());
+    }
+    assert!(
+        sk.raw(&format!("{}/wide/{ns}/tmp-scratch:2.0", stack.dst))
+            .is_err(),
+        "an excluded repository was mirrored"
+    );
+}

@@ -587,3 +587,141 @@ async fn tags_and_catalog_are_listed_across_pages() {
     let reg = e.registries().get(&fake.addr, Role::Source).await.unwrap();
     assert_eq!(reg.list_tags("app", 2).await.unwrap(), ["a", "b", "c"]);
 }
+
+/// Times of the requests whose `METHOD path` matches, as a proxy sees them.
+fn record(
+    proxy: &FaultProxy,
+    method: &'static str,
+    needle: &'static str,
+) -> Arc<std::sync::Mutex<Vec<std::time::Instant>>> {
+    let times = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let t = times.clone();
+    proxy.set_hook(Some(Arc::new(move |m: &str, path: &str| {
+        if m == method && path.contains(needle) {
+            t.lock().unwrap().push(std::time::Instant::now());
+        }
+    })));
+    times
+}
+
+/// `manifest_puts_per_second` paces manifest PUTs to one registry across
+/// concurrent copies (ECR's `PutImage` quota), and every image still arrives.
+#[tokio::test]
+async fn manifest_puts_are_paced_per_registry() {
+    let stack = Stack::get();
+    let repos: Vec<String> = (0..3).map(|i| unique(&format!("f-put-rate-{i}"))).collect();
+    let mut digests = Vec::new();
+    for r in &repos {
+        digests.push(push_fixture(&stack, r).await);
+    }
+    let dp = FaultProxy::start(&stack.dst, Faults::default(), 3)
+        .await
+        .unwrap();
+    let puts = record(&dp, "PUT", "/manifests/");
+    let mut s = settings(&stack, &[&dp]);
+    let r = s.registries.get_mut(&dp.addr).unwrap();
+    r.manifest_puts_per_second = Some(2.0);
+    // Manifest pushes may take a while to get their turn.
+    r.read_timeout_seconds = Some(30);
+    let e = engine(s);
+    let (e, src, dst) = (&e, &stack.src, &dp.addr);
+    let reports =
+        futures_util::future::join_all(repos.iter().map(|r| async move {
+            copy(e, &format!("{src}/{r}:v1"), &format!("{dst}/{r}:v1")).await
+        }))
+        .await;
+    for rep in &reports {
+        let d = &rep.destinations[0];
+        assert_ne!(d.outcome, Outcome::Failed, "{:?}", d.error);
+    }
+    let sk = Skopeo::plain();
+    for (r, digest) in repos.iter().zip(&digests) {
+        assert_eq!(
+            &sk.digest(&format!("{}/{r}:v1", stack.dst)).unwrap(),
+            digest
+        );
+    }
+    let times = puts.lock().unwrap().clone();
+    assert_eq!(times.len(), 9, "3 images of 2 platforms: 9 manifest PUTs");
+    let most_in_a_second = times
+        .iter()
+        .map(|t| {
+            times
+                .iter()
+                .filter(|u| **u >= *t && **u < *t + Duration::from_secs(1))
+                .count()
+        })
+        .max()
+        .unwrap();
+    let span = times
+        .iter()
+        .max()
+        .unwrap()
+        .duration_since(*times.iter().min().unwrap());
+    eprintln!(
+        "manifest PUTs at 2/s (burst 1): at most {most_in_a_second} in any second, 9 over {span:?}"
+    );
+    assert!(
+        most_in_a_second <= 3,
+        "{most_in_a_second} PUTs in one second at 2/s + burst 1"
+    );
+    // 8 intervals of 500 ms after the first.
+    assert!(span >= Duration::from_millis(3900), "{span:?}");
+}
+
+/// Docker Hub's `ratelimit-remaining` running low: the worker warns once and
+/// spaces its manifest GETs so the rest of the quota lasts the window.
+#[tokio::test]
+async fn a_pull_quota_running_low_slows_manifest_gets_down() {
+    let stack = Stack::get();
+    let repo = unique("f-pull-quota");
+    let digest = push_fixture(&stack, &repo).await;
+    // 8 pulls per 6 s: the first GET leaves 7 (at or below the concurrency
+    // limit), so every later one waits at least 6/7 s.
+    let sp = FaultProxy::start(
+        &stack.src,
+        Faults {
+            rate_limit_remaining: Some((8, 6)),
+            ..Default::default()
+        },
+        9,
+    )
+    .await
+    .unwrap();
+    let gets = record(&sp, "GET", "/manifests/");
+    let plain = format!("{},{}", sp.addr, stack.dst);
+    let (src, dst) = (
+        format!("{}/{repo}:v1", sp.addr),
+        format!("{}/{repo}:v1", stack.dst),
+    );
+    // The proxy runs on this test's runtime: run the binary off it.
+    let (code, out, err) = tokio::task::spawn_blocking(move || {
+        run_bin(
+            "mirrorfleet-worker",
+            &["copy", "--plain-http", &plain, &src, &dst],
+            &[],
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert_eq!(
+        err.matches("registry pull limit nearly used up: 7 pulls left in the window; slowing down")
+            .count(),
+        1,
+        "warned once: {err}"
+    );
+    assert_eq!(
+        Skopeo::plain()
+            .digest(&format!("{}/{repo}:v1", stack.dst))
+            .unwrap(),
+        digest
+    );
+    let times = gets.lock().unwrap().clone();
+    assert!(times.len() >= 3, "index and two children: {}", times.len());
+    let gaps: Vec<Duration> = times.windows(2).map(|w| w[1] - w[0]).collect();
+    eprintln!("pull quota low: manifest GET gaps {gaps:?}");
+    for g in &gaps {
+        assert!(*g >= Duration::from_millis(800), "not slowed: {gaps:?}");
+    }
+}
