@@ -78,6 +78,13 @@ pub enum EcrError {
         region: String,
         message: String,
     },
+    #[error("ECR {operation} in account {account}, {region} failed: {message}")]
+    List {
+        operation: &'static str,
+        account: String,
+        region: String,
+        message: String,
+    },
 }
 
 /// What we need to know about a destination repository.
@@ -244,6 +251,79 @@ impl Ecr {
         };
         self.repositories.lock().await.insert(key, info);
         Ok(info)
+    }
+
+    /// Every repository of the registry (`DescribeRepositories`, all pages):
+    /// ECR has no `/v2/_catalog`.
+    pub async fn list_repositories(
+        &self,
+        host: &EcrHost,
+        role_arn: Option<&str>,
+    ) -> Result<Vec<String>, EcrError> {
+        let client = self.client(&host.region, role_arn).await;
+        let mut pages = client
+            .describe_repositories()
+            .registry_id(&host.account)
+            .into_paginator()
+            .send();
+        let mut out = Vec::new();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| self.list_error("DescribeRepositories", host, &e))?;
+            out.extend(
+                page.repositories()
+                    .iter()
+                    .filter_map(|r| r.repository_name().map(str::to_string)),
+            );
+        }
+        Ok(out)
+    }
+
+    /// Every tag of `repository`, oldest push first (`DescribeImages`, all
+    /// pages), so "the newest N" can fall back to push order for tags that
+    /// are not versions.
+    pub async fn list_tags(
+        &self,
+        host: &EcrHost,
+        role_arn: Option<&str>,
+        repository: &str,
+    ) -> Result<Vec<String>, EcrError> {
+        use aws_sdk_ecr::types::{DescribeImagesFilter, TagStatus};
+        let client = self.client(&host.region, role_arn).await;
+        let mut pages = client
+            .describe_images()
+            .registry_id(&host.account)
+            .repository_name(repository)
+            .filter(
+                DescribeImagesFilter::builder()
+                    .tag_status(TagStatus::Tagged)
+                    .build(),
+            )
+            .into_paginator()
+            .send();
+        let mut images: Vec<(i64, Vec<String>)> = Vec::new();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| self.list_error("DescribeImages", host, &e))?;
+            for d in page.image_details() {
+                let pushed = d.image_pushed_at().map(|t| t.secs()).unwrap_or_default();
+                images.push((pushed, d.image_tags().to_vec()));
+            }
+        }
+        images.sort_by_key(|(pushed, _)| *pushed);
+        Ok(images.into_iter().flat_map(|(_, tags)| tags).collect())
+    }
+
+    fn list_error<E: std::error::Error + 'static>(
+        &self,
+        operation: &'static str,
+        host: &EcrHost,
+        e: &E,
+    ) -> EcrError {
+        EcrError::List {
+            operation,
+            account: host.account.clone(),
+            region: host.region.clone(),
+            message: display_error(e),
+        }
     }
 
     async fn describe(

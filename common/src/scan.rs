@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::Semaphore;
 
 use crate::copy::Engine;
+use crate::ecr::EcrHost;
 use crate::plan::{Plan, Probe, plan};
 use crate::reference::Reference;
 use crate::registries::Role;
@@ -203,11 +204,7 @@ async fn plan_repository(
         };
     }
     let registry = row.mirror.source.registry().to_string();
-    let listed = match engine.registries().get(&registry, Role::Source).await {
-        Ok(reg) => reg.catalog(TAGS_PAGE).await,
-        Err(e) => Err(e),
-    };
-    let catalog = match listed {
+    let catalog = match list_repositories(engine, &registry).await {
         Ok(c) => c,
         Err(e) => {
             return fail(
@@ -279,15 +276,9 @@ async fn plan_tags(
     };
     let rules = sel.tags.compile().map_err(|e| e.to_string())?;
     let source = &mirror.source;
-    let listed = match engine
-        .registries()
-        .get(source.registry(), Role::Source)
+    let tags = list_tags(engine, source)
         .await
-    {
-        Ok(reg) => reg.list_tags(source.repository(), TAGS_PAGE).await,
-        Err(e) => Err(e),
-    };
-    let tags = listed.map_err(|e| format!("cannot list the tags of {source}: {e}"))?;
+        .map_err(|e| format!("cannot list the tags of {source}: {e}"))?;
     let images = mirror.expand(&rules.apply(&tags))?;
     let mut plans = Vec::new();
     for image in images {
@@ -316,6 +307,52 @@ async fn plan_tags(
         ));
     }
     Ok(futures_util::future::join_all(plans).await)
+}
+
+/// The repositories of a registry: ECR's API for ECR hosts (ECR has no
+/// catalog endpoint), `/v2/_catalog` for the rest.
+async fn list_repositories(engine: &Engine, registry: &str) -> Result<Vec<String>, String> {
+    if let Some(host) = EcrHost::parse(registry) {
+        let role = engine.registries().settings().registry(registry).role_arn;
+        return engine
+            .registries()
+            .ecr()
+            .list_repositories(&host, role.as_deref())
+            .await
+            .map_err(|e| e.to_string());
+    }
+    let reg = engine
+        .registries()
+        .get(registry, Role::Source)
+        .await
+        .map_err(|e| e.to_string())?;
+    reg.catalog(TAGS_PAGE).await.map_err(|e| e.to_string())
+}
+
+/// The tags of a repository, oldest first where the registry can tell (ECR's
+/// push times), else in the registry's listing order.
+async fn list_tags(engine: &Engine, source: &Reference) -> Result<Vec<String>, String> {
+    if let Some(host) = EcrHost::parse(source.registry()) {
+        let role = engine
+            .registries()
+            .settings()
+            .registry(source.registry())
+            .role_arn;
+        return engine
+            .registries()
+            .ecr()
+            .list_tags(&host, role.as_deref(), source.repository())
+            .await
+            .map_err(|e| e.to_string());
+    }
+    let reg = engine
+        .registries()
+        .get(source.registry(), Role::Source)
+        .await
+        .map_err(|e| e.to_string())?;
+    reg.list_tags(source.repository(), TAGS_PAGE)
+        .await
+        .map_err(|e| e.to_string())
 }
 
 /// Tags per listing request: ECR refuses more than 1000.

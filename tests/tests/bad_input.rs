@@ -711,7 +711,7 @@ async fn e_import_refuses_bad_files_whole_and_imports_nothing() {
         (
             "typo.yaml",
             format!("{head}  - source: {other}\n    destination: [{good}]\n").into(),
-            "{p}: mirrors[1]: unknown field `destination`, expected one of `source`, `destinations`, `enabled`, `overwrite`, `expires` at line 5 column 5".into(),
+            "{p}: mirrors[1]: unknown field `destination`, expected one of `source`, `destinations`, `tags`, `repositories`, `enabled`, `overwrite`, `expires` at line 5 column 5".into(),
         ),
         (
             "nosource.yaml",

@@ -824,3 +824,97 @@ async fn registry_wide_rows_mirror_every_picked_repository() {
         "an excluded repository was mirrored"
     );
 }
+
+/// A registry-wide row whose source is ECR: repositories come from
+/// DescribeRepositories and tags from DescribeImages (moto), the bytes from
+/// the registry serving the ECR host name.
+#[tokio::test]
+async fn an_ecr_source_is_listed_through_the_ecr_api() {
+    const ECR_HOST: &str = "123456789012.dkr.ecr.us-east-1.amazonaws.com";
+    let stack = Stack::get();
+    let ns = unique("ecrsrc");
+    let ecr = moto_ecr(&stack);
+    let pusher = Pusher::new(Target {
+        creds: Some(stack.ecr_creds.clone()),
+        ..Target::plain(&stack.ecr)
+    })
+    .unwrap();
+    let mut want = Vec::new();
+    for (name, tags) in [("app", vec!["1.0", "2.0"]), ("lib", vec!["2.0"])] {
+        let repo = format!("{ns}/{name}");
+        ecr.create_repository()
+            .repository_name(&repo)
+            .send()
+            .await
+            .unwrap();
+        for tag in tags {
+            let img = pusher
+                .image(&repo, false, ("linux", "amd64"), &[300], json!({}))
+                .await
+                .unwrap();
+            let raw = serde_json::to_vec(
+                &json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [img]}),
+            )
+            .unwrap();
+            let digest = sha256(&raw);
+            pusher.manifest(&repo, tag, OCI_INDEX, &raw).await.unwrap();
+            // The control plane learns of the tag too (moto keeps no bytes).
+            ecr.put_image()
+                .repository_name(&repo)
+                .image_tag(tag)
+                .image_manifest(String::from_utf8(raw).unwrap())
+                .send()
+                .await
+                .unwrap();
+            if tag == "2.0" {
+                want.push((repo.clone(), digest));
+            }
+        }
+    }
+    let dir = std::env::temp_dir().join(unique("mf-ecrsrc"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let settings = dir.join("registries.yaml");
+    std::fs::write(
+        &settings,
+        format!(
+            "registries:\n  {ECR_HOST}:\n    endpoint: {}\n    plain_http: true\n  {}:\n    plain_http: true\n",
+            stack.ecr, stack.dst
+        ),
+    )
+    .unwrap();
+    let file = dir.join("mirrors.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "mirrors:\n  - source: {ECR_HOST}/{ns}/*\n    tags: {{semver: '>=2'}}\n    destinations: [{}/from-ecr/]\n",
+            stack.dst
+        ),
+    )
+    .unwrap();
+    let env = moto_env(&stack);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let (code, out, err) = run_bin(
+        "mirrorfleet-controller",
+        &[
+            "sync",
+            "--registries",
+            settings.to_str().unwrap(),
+            "--output",
+            "json",
+            file.to_str().unwrap(),
+        ],
+        &env,
+    );
+    assert_eq!(code, 0, "{out}\n{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["plan"]["jobs_enqueued"], 2, "{v}");
+    let sk = Skopeo::plain();
+    for (repo, digest) in &want {
+        let dest = format!("{}/from-ecr/{repo}:2.0", stack.dst);
+        assert_eq!(&sk.digest(&dest).unwrap(), digest, "{dest}");
+    }
+    assert!(
+        sk.raw(&format!("{}/from-ecr/{ns}/app:1.0", stack.dst))
+            .is_err()
+    );
+}
