@@ -60,6 +60,21 @@ pub struct RegistryArgs {
     /// Blob transfers in flight at once.
     #[arg(long, env = "MIRRORFLEET_CONCURRENCY", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub concurrency: u16,
+
+    /// Do not copy the signatures, attestations and SBOMs that refer to each image.
+    #[arg(long, env = "MIRRORFLEET_NO_REFERRERS")]
+    pub no_referrers: bool,
+
+    /// Copy only referrers of this artifact type; repeat or comma-separate
+    /// [default: all]. cosign tags: .sig = application/vnd.dev.cosign.artifact.sig.v1+json,
+    /// .att = application/vnd.dsse.envelope.v1+json, .sbom = text/spdx+json.
+    #[arg(
+        long = "referrer-type",
+        env = "MIRRORFLEET_REFERRER_TYPES",
+        value_name = "TYPE",
+        value_delimiter = ','
+    )]
+    pub referrer_types: Vec<String>,
 }
 
 /// A `USER:PASS` flag value whose `Debug` never shows the password.
@@ -121,6 +136,13 @@ impl RegistryArgs {
             CopyOptions {
                 overwrite: !self.no_overwrite,
                 blob_concurrency: usize::from(self.concurrency),
+                referrers: !self.no_referrers,
+                artifact_types: self
+                    .referrer_types
+                    .iter()
+                    .map(|t| t.trim().to_string())
+                    .filter(|t| !t.is_empty())
+                    .collect(),
                 ..CopyOptions::default()
             },
         ))

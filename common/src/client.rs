@@ -834,6 +834,45 @@ impl Registry {
         Ok(())
     }
 
+    /// The manifests that name `digest` as their `subject`, from the OCI 1.1
+    /// referrers API (every page). `None` when the registry lacks the API:
+    /// older ones answer 404, some 400, 405 or 501, and the caller then
+    /// falls back to the tag schema. The index is only read, never pushed,
+    /// so its pages may be merged.
+    pub async fn referrers(
+        &self,
+        repo: &str,
+        digest: &Digest,
+    ) -> Result<Option<Vec<crate::manifest::Descriptor>>> {
+        #[derive(serde::Deserialize)]
+        struct Index {
+            #[serde(default)]
+            manifests: Option<Vec<crate::manifest::Descriptor>>,
+        }
+        let url = self.url(&format!("v2/{repo}/referrers/{digest}"));
+        match self
+            .paginate::<Index>(
+                &Scope::pull(repo),
+                url,
+                &format!("referrers of {}/{repo}@{digest}", self.host),
+            )
+            .await
+        {
+            Ok(pages) => Ok(Some(
+                pages
+                    .into_iter()
+                    .flat_map(|p| p.manifests.unwrap_or_default())
+                    .collect(),
+            )),
+            Err(Error::NotFound { .. }) => Ok(None),
+            Err(Error::Registry {
+                status: 400 | 405 | 501,
+                ..
+            }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Every tag of `repo`, in the registry's order, `page` per request
     /// (at most 1000: ECR refuses more), following each `Link: <...>;
     /// rel="next"` as given (its cursor is opaque).

@@ -14,10 +14,14 @@
 //!    completes an upload.
 //! 4. Manifests, per destination: children by digest, the top one by tag last.
 //!
+//! 5. Referrers (signatures, attestations, SBOMs), per destination that
+//!    succeeded or was in sync: see [`Engine::copy_referrers`]. Their
+//!    failures are warnings, never the image's outcome.
+//!
 //! A destination that fails stops receiving work; the others go on. The
 //! outcome is reported per destination.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -46,7 +50,30 @@ pub struct CopyOptions {
     pub blob_concurrency: usize,
     /// Attempts per blob transfer (a transfer restarts from a new upload session).
     pub blob_attempts: usize,
+    /// Also copy the artifacts that refer to each image (signatures,
+    /// attestations, SBOMs): a mirror without its signatures fails
+    /// verification at the far end.
+    pub referrers: bool,
+    /// Only referrers of these artifact types; empty means all. Matched
+    /// against each referrer descriptor's `artifactType`. cosign's tags carry
+    /// no descriptor, so they are matched by the types cosign gives them:
+    /// `.sig` = `application/vnd.dev.cosign.artifact.sig.v1+json`,
+    /// `.att` = `application/vnd.dsse.envelope.v1+json`,
+    /// `.sbom` = `text/spdx+json` (see [`COSIGN_TAGS`]).
+    pub artifact_types: Vec<String>,
 }
+
+/// cosign's tag scheme: `<alg>-<hex>.<suffix>` next to the image, with the
+/// artifact type each suffix stands for (for the `artifact_types` filter).
+pub const COSIGN_TAGS: [(&str, &str); 3] = [
+    (".sig", "application/vnd.dev.cosign.artifact.sig.v1+json"),
+    (".att", "application/vnd.dsse.envelope.v1+json"),
+    (".sbom", "text/spdx+json"),
+];
+
+/// Referrers of referrers are followed this many levels down (a signature
+/// on an attestation is level 2); a deeper chain is almost surely a loop.
+const MAX_REFERRER_DEPTH: usize = 3;
 
 impl Default for CopyOptions {
     fn default() -> Self {
@@ -54,6 +81,8 @@ impl Default for CopyOptions {
             overwrite: true,
             blob_concurrency: 8,
             blob_attempts: 5,
+            referrers: true,
+            artifact_types: Vec::new(),
         }
     }
 }
@@ -87,11 +116,18 @@ pub struct DestinationReport {
     pub blobs_mounted: u64,
     pub blobs_skipped: u64,
     pub manifests_pushed: u64,
+    /// Signatures, attestations and SBOMs copied in this run (not those
+    /// already there).
+    pub referrers_copied: u64,
     pub seconds: f64,
     pub error: Option<String>,
     /// Whether retrying later may help (the failure looked transient).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub transient: bool,
+    /// Referrers that could not be copied: visible, but the image's outcome
+    /// stands, so a signature problem never fails the mirror itself.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -124,6 +160,8 @@ struct Dest {
     mounted: AtomicU64,
     skipped: AtomicU64,
     manifests: AtomicU64,
+    referrers: AtomicU64,
+    warnings: Mutex<Vec<String>>,
 }
 
 impl Dest {
@@ -139,7 +177,45 @@ impl Dest {
             mounted: AtomicU64::new(0),
             skipped: AtomicU64::new(0),
             manifests: AtomicU64::new(0),
+            referrers: AtomicU64::new(0),
+            warnings: Mutex::new(Vec::new()),
         }
+    }
+
+    /// The same registry client, for an artifact stored next to this image.
+    fn sibling(&self, reference: Reference) -> Dest {
+        let mut d = Dest::new(reference);
+        d.registry = self.registry.clone();
+        d
+    }
+
+    fn warn(&self, message: String) {
+        tracing::warn!(destination = %self.reference, "{message}");
+        self.warnings
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(message);
+    }
+
+    /// Fold an artifact copy's counters into this destination's.
+    fn absorb(&self, other: &Dest) {
+        for (to, from) in [
+            (&self.bytes, &other.bytes),
+            (&self.copied, &other.copied),
+            (&self.mounted, &other.mounted),
+            (&self.skipped, &other.skipped),
+            (&self.manifests, &other.manifests),
+        ] {
+            to.fetch_add(from.load(Ordering::Relaxed), Ordering::Relaxed);
+        }
+    }
+
+    fn failure_message(&self) -> Option<String> {
+        self.failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(|f| f.0.clone())
     }
 
     fn fail(&self, e: &Error) {
@@ -201,9 +277,15 @@ impl Dest {
             blobs_mounted: self.mounted.load(Ordering::Relaxed),
             blobs_skipped: self.skipped.load(Ordering::Relaxed),
             manifests_pushed: self.manifests.load(Ordering::Relaxed),
+            referrers_copied: self.referrers.load(Ordering::Relaxed),
             seconds: started.elapsed().as_secs_f64(),
             transient: failure.as_ref().is_some_and(|f| f.1),
             error: failure.map(|f| f.0),
+            warnings: self
+                .warnings
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
         }
     }
 }
@@ -276,7 +358,19 @@ impl Engine {
             _ = cancel.cancelled() => Err(Error::Cancelled),
         };
         let source_digest = match result {
-            Ok(d) => Some(d),
+            Ok(resolved) => {
+                if self.options.referrers {
+                    tokio::select! {
+                        () = self.copy_referrers(source, &resolved, &dests, &bytes_read) => {}
+                        _ = cancel.cancelled() => {
+                            for d in dests.iter().filter(|d| !d.failed()) {
+                                d.warn("cancelled before all referrers were copied".into());
+                            }
+                        }
+                    }
+                }
+                Some(resolved.digest)
+            }
             Err(e) => {
                 for d in &dests {
                     if !d.in_sync.load(Ordering::Relaxed) {
@@ -298,14 +392,15 @@ impl Engine {
         }
     }
 
-    /// Returns the source digest; per-destination failures are recorded in `dests`.
+    /// Returns what the source resolved to; per-destination failures are
+    /// recorded in `dests`.
     async fn run(
         &self,
         source: &Reference,
         dests: &mut [Dest],
         bytes_read: &AtomicU64,
         overwrite: bool,
-    ) -> Result<Digest> {
+    ) -> Result<Resolved> {
         let src = self.registries.get(source.registry(), Role::Source).await?;
         let src_digest = match source.digest() {
             Some(d) => d.clone(),
@@ -337,14 +432,27 @@ impl Engine {
             }
         }
         if !dests.iter().any(Dest::active) {
-            return Ok(src_digest);
+            return Ok(Resolved { digest: src_digest });
         }
-        let dests: &[Dest] = dests;
-
-        // 2. The manifest tree, children before parents.
-        let manifests = self
-            .fetch_tree(&src, source.repository(), &src_digest)
+        self.transfer_tree(&src, source.repository(), &src_digest, dests, bytes_read)
             .await?;
+        Ok(Resolved { digest: src_digest })
+    }
+
+    /// Steps 2 to 4 for the manifest at `digest`: fetch its tree, move its
+    /// blobs, push its manifests to every active destination (the top one
+    /// under each destination's own reference). Returns the tree. `Err` is a
+    /// source-side failure; destination failures are recorded in `dests`.
+    async fn transfer_tree(
+        &self,
+        src: &Arc<Registry>,
+        src_repo: &str,
+        digest: &Digest,
+        dests: &[Dest],
+        bytes_read: &AtomicU64,
+    ) -> Result<Vec<Manifest>> {
+        // 2. The manifest tree, children before parents.
+        let manifests = self.fetch_tree(src, src_repo, digest).await?;
         let mut blobs: Vec<Descriptor> = Vec::new();
         for m in &manifests {
             for b in m.blobs() {
@@ -361,7 +469,6 @@ impl Engine {
             .fetch_add(blobs.len() as u64, Ordering::Relaxed);
 
         // 3. Blobs. A source failure (unreadable, lying) stops the whole copy.
-        let src = &src;
         let mut transfers = Vec::with_capacity(blobs.len());
         for b in &blobs {
             transfers.push(async move {
@@ -375,7 +482,7 @@ impl Engine {
                     return Ok(());
                 }
                 let r = self
-                    .transfer_blob(src, source.repository(), b, dests, bytes_read)
+                    .transfer_blob(src, src_repo, b, dests, bytes_read)
                     .await;
                 self.progress.blobs_done.fetch_add(1, Ordering::Relaxed);
                 r
@@ -392,7 +499,7 @@ impl Engine {
             let manifests = &manifests;
             pushes.push(async move {
                 if let Err(e) = self
-                    .push_manifests(src, source.repository(), manifests, d, bytes_read)
+                    .push_manifests(src, src_repo, manifests, d, bytes_read)
                     .await
                 {
                     d.fail(&e);
@@ -400,7 +507,7 @@ impl Engine {
             });
         }
         futures_util::future::join_all(pushes).await;
-        Ok(src_digest)
+        Ok(manifests)
     }
 
     /// Resolve a destination's client and decide whether it needs a copy.
@@ -810,6 +917,237 @@ impl Engine {
             }
             d.manifests.fetch_add(1, Ordering::Relaxed);
         }
+        Ok(())
+    }
+}
+
+/// What the source reference resolved to.
+struct Resolved {
+    digest: Digest,
+}
+
+/// An artifact that refers to a subject: by digest (referrers API or tag
+/// schema index) or under a cosign tag.
+struct Artifact {
+    digest: Digest,
+    tag: Option<String>,
+}
+
+/// What a subject's referrers are at the source.
+#[derive(Default)]
+struct Found {
+    artifacts: Vec<Artifact>,
+    /// The tag schema index and its tag, when every entry passed the filter:
+    /// it is pushed byte for byte, so it can only go whole.
+    fallback_index: Option<(String, Manifest)>,
+}
+
+impl Engine {
+    /// Copy what refers to the image, to every destination that holds it
+    /// now: for the top manifest and, for an index, each child (cosign signs
+    /// per-platform manifests too), then what refers to those artifacts, down
+    /// to [`MAX_REFERRER_DEPTH`]. Never fails the image: problems become
+    /// warnings on the destination.
+    async fn copy_referrers(
+        &self,
+        source: &Reference,
+        resolved: &Resolved,
+        dests: &[Dest],
+        bytes_read: &AtomicU64,
+    ) {
+        let targets: Vec<&Dest> = dests
+            .iter()
+            .filter(|d| !d.failed() && d.registry.is_some())
+            .collect();
+        if targets.is_empty() {
+            return;
+        }
+        let warn_all = |message: String| {
+            for d in &targets {
+                d.warn(message.clone());
+            }
+        };
+        let src = match self.registries.get(source.registry(), Role::Source).await {
+            Ok(s) => s,
+            Err(e) => return warn_all(format!("referrers not copied: {e}")),
+        };
+        let repo = source.repository();
+
+        // The digest the tag points at: what `cosign sign image:tag` signs and
+        // what attestations name. Per-platform signatures (`cosign sign
+        // --recursive`) would cost ~5 requests per platform on every copy,
+        // so they are not followed.
+        let subjects = vec![resolved.digest.clone()];
+        let mut queue: VecDeque<(Digest, usize)> = subjects.into_iter().map(|d| (d, 0)).collect();
+        let mut seen: HashSet<Digest> = queue.iter().map(|(d, _)| d.clone()).collect();
+        while let Some((subject, depth)) = queue.pop_front() {
+            let found = match self.discover(&src, repo, &subject).await {
+                Ok(f) => f,
+                Err(e) => {
+                    warn_all(format!("referrers of {subject} not copied: {e}"));
+                    continue;
+                }
+            };
+            for artifact in found.artifacts {
+                if !seen.insert(artifact.digest.clone()) {
+                    continue;
+                }
+                self.copy_artifact(&src, repo, &artifact, &targets, bytes_read)
+                    .await;
+                if depth + 1 < MAX_REFERRER_DEPTH {
+                    queue.push_back((artifact.digest, depth + 1));
+                }
+            }
+            if let Some((tag, index)) = found.fallback_index {
+                // Its entries are in place by now, so registries that check
+                // an index's children accept it.
+                for d in &targets {
+                    if let Err(e) = self.push_fallback_index(d, &tag, &index).await {
+                        d.warn(format!("referrers index {tag}: {e}"));
+                    }
+                }
+            }
+        }
+    }
+
+    fn wanted(&self, artifact_type: Option<&str>) -> bool {
+        self.options.artifact_types.is_empty()
+            || artifact_type.is_some_and(|t| self.options.artifact_types.iter().any(|w| w == t))
+    }
+
+    /// List what refers to `subject` at the source: the referrers API, or
+    /// the tag schema index where the API is missing, plus cosign's tags
+    /// (cosign writes those whatever the registry supports).
+    async fn discover(&self, src: &Registry, repo: &str, subject: &Digest) -> Result<Found> {
+        let mut found = Found::default();
+        let by_digest = |d: &Descriptor| Artifact {
+            digest: d.digest.clone(),
+            tag: None,
+        };
+        match src.referrers(repo, subject).await? {
+            Some(list) => found.artifacts.extend(
+                list.iter()
+                    .filter(|d| self.wanted(d.artifact_type.as_deref()))
+                    .map(by_digest),
+            ),
+            None => {
+                let tag = subject.tag_form();
+                if let Some(head) = src.head_manifest(repo, &tag).await? {
+                    let index = src.get_manifest(repo, &head.digest.to_string()).await?;
+                    let entries = index.children();
+                    let kept: Vec<Artifact> = entries
+                        .iter()
+                        .filter(|d| self.wanted(d.artifact_type.as_deref()))
+                        .map(by_digest)
+                        .collect();
+                    if kept.len() == entries.len() && index.is_index() {
+                        found.fallback_index = Some((tag, index.clone()));
+                    }
+                    found.artifacts.extend(kept);
+                }
+            }
+        }
+        for (suffix, artifact_type) in COSIGN_TAGS {
+            if !self.wanted(Some(artifact_type)) {
+                continue;
+            }
+            let tag = format!("{}{suffix}", subject.tag_form());
+            if let Some(head) = src.head_manifest(repo, &tag).await? {
+                found.artifacts.push(Artifact {
+                    digest: head.digest,
+                    tag: Some(tag),
+                });
+            }
+        }
+        Ok(found)
+    }
+
+    /// Copy one artifact (its blobs, then its manifests) to every target that
+    /// lacks it, under its tag or by digest.
+    async fn copy_artifact(
+        &self,
+        src: &Arc<Registry>,
+        src_repo: &str,
+        artifact: &Artifact,
+        targets: &[&Dest],
+        bytes_read: &AtomicU64,
+    ) {
+        let what = match &artifact.tag {
+            Some(t) => format!("{t} ({})", artifact.digest),
+            None => format!("referrer {}", artifact.digest),
+        };
+        let mut parents = Vec::new();
+        let mut copies = Vec::new();
+        for parent in targets {
+            let reference = match &artifact.tag {
+                Some(t) => match parent.reference.with_tag(t) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        parent.warn(format!("{what}: {e}"));
+                        continue;
+                    }
+                },
+                None => parent.reference.with_digest(artifact.digest.clone()),
+            };
+            let d = parent.sibling(reference);
+            match d
+                .registry()
+                .head_manifest(d.reference.repository(), &d.reference.manifest_ref())
+                .await
+            {
+                Ok(Some(h)) if h.digest == artifact.digest => continue,
+                Ok(_) => d.needs_copy.store(true, Ordering::Relaxed),
+                Err(e) => {
+                    parent.warn(format!("{what}: {e}"));
+                    continue;
+                }
+            }
+            parents.push(*parent);
+            copies.push(d);
+        }
+        if copies.is_empty() {
+            return;
+        }
+        match self
+            .transfer_tree(src, src_repo, &artifact.digest, &copies, bytes_read)
+            .await
+        {
+            Ok(_) => {}
+            // Listed but gone (deleted, or the listing is stale): nothing to copy.
+            Err(Error::NotFound { .. }) => {
+                tracing::debug!(artifact = %what, "listed referrer missing at the source");
+                return;
+            }
+            Err(e) => {
+                for p in &parents {
+                    p.warn(format!("{what}: {e}"));
+                }
+                return;
+            }
+        }
+        for (p, d) in parents.iter().zip(&copies) {
+            p.absorb(d);
+            match d.failure_message() {
+                Some(e) => p.warn(format!("{what}: {e}")),
+                None => {
+                    p.referrers.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    /// Push the tag schema index as read at the source, unless the
+    /// destination already has it under that tag.
+    async fn push_fallback_index(&self, d: &Dest, tag: &str, index: &Manifest) -> Result<()> {
+        let reg = d.registry();
+        let repo = d.reference.repository();
+        if let Some(h) = reg.head_manifest(repo, tag).await?
+            && h.digest == index.digest
+        {
+            return Ok(());
+        }
+        reg.put_manifest(repo, tag, index).await?;
+        d.manifests.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 }

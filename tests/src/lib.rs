@@ -592,6 +592,62 @@ pub fn run_bin(bin: &str, args: &[&str], env: &[(&str, &str)]) -> (i32, String, 
     )
 }
 
+/// Environment variables for a binary, owned.
+pub type Env = Vec<(String, String)>;
+
+/// Environment for the control-plane binaries: moto, a table and a queue,
+/// and plain HTTP for the registries in `plain`.
+pub fn control_env(stack: &Stack, table: &str, queue: &str, plain: &[&str]) -> Env {
+    let mut v: Env = moto_env(stack)
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+    v.push(("MIRRORFLEET_TABLE".into(), table.into()));
+    v.push(("MIRRORFLEET_QUEUE_URL".into(), queue.into()));
+    v.push(("MIRRORFLEET_PLAIN_HTTP".into(), plain.join(",")));
+    v
+}
+
+/// [`run_bin`] with an owned environment; no run may panic, whatever it
+/// was given.
+pub fn run_env(bin: &str, args: &[&str], env: &Env) -> (i32, String, String) {
+    let e: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let (code, out, err) = run_bin(bin, args, &e);
+    let shown: String = format!("{args:?}").chars().take(300).collect();
+    assert!(
+        !err.contains("panicked at") && !out.contains("panicked at"),
+        "{bin} {shown} panicked:\n{err}"
+    );
+    (code, out, err)
+}
+
+/// A fresh table (created by `table create`) and queue, with a dead-letter
+/// queue after `max_receives`; returns (environment, queue URL, DLQ URL).
+pub async fn control_setup(
+    stack: &Stack,
+    name: &str,
+    plain: &[&str],
+    max_receives: u32,
+) -> (Env, String, String) {
+    let table = unique(name);
+    let (queue, dlq) = moto_queue_with_dlq(stack, &unique(name), max_receives).await;
+    let env = control_env(stack, &table, &queue, plain);
+    let (code, out, err) = run_env("mirrorfleet-controller", &["table", "create"], &env);
+    assert_eq!(code, 0, "{out}{err}");
+    (env, queue, dlq)
+}
+
+/// `table ls --output json`, which must succeed.
+pub fn table_ls_json(env: &Env) -> Vec<Value> {
+    let (code, out, err) = run_env(
+        "mirrorfleet-controller",
+        &["table", "ls", "--output", "json"],
+        env,
+    );
+    assert_eq!(code, 0, "{err}");
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
+}
+
 /// The environment that points the AWS SDK at moto.
 pub fn moto_env(stack: &Stack) -> Vec<(&'static str, String)> {
     vec![

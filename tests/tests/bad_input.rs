@@ -30,9 +30,9 @@ use std::path::{Path, PathBuf};
 use aws_sdk_dynamodb::error::ProvideErrorMetadata;
 use aws_sdk_dynamodb::types::AttributeValue as Av;
 use mirrorfleet_tests::*;
+use mirrorfleet_tests::{run_env as run, table_ls_json as table_json};
 use serde_json::Value;
 
-type Env = Vec<(String, String)>;
 /// Attributes of a DynamoDB item, by name.
 type Attrs<'a> = Vec<(&'a str, Av)>;
 
@@ -65,38 +65,32 @@ fn no_such_host(repo: &str, tag: &str) -> String {
     )
 }
 
-/// Environment for the binaries: moto, the table and queue, plain HTTP for
-/// every local registry (and the refused port).
+/// Plain HTTP for every local registry (and the refused port).
 fn env(stack: &Stack, table: &str, queue: &str) -> Env {
-    let mut v: Env = moto_env(stack)
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect();
-    v.push(("MIRRORFLEET_TABLE".into(), table.into()));
-    v.push(("MIRRORFLEET_QUEUE_URL".into(), queue.into()));
-    v.push((
-        "MIRRORFLEET_PLAIN_HTTP".into(),
-        format!("{},{},{},{REFUSED}", stack.src, stack.dst, stack.basic),
-    ));
-    v
+    control_env(
+        stack,
+        table,
+        queue,
+        &[&stack.src, &stack.dst, &stack.basic, REFUSED],
+    )
+}
+
+/// A fresh table and queue (dead-letter queue after 3 receives) in moto,
+/// plain HTTP for every local registry (and the refused port).
+async fn setup(stack: &Stack, name: &str) -> (Env, String, String) {
+    control_setup(
+        stack,
+        name,
+        &[&stack.src, &stack.dst, &stack.basic, REFUSED],
+        3,
+    )
+    .await
 }
 
 fn with(env: &Env, k: &str, v: &str) -> Env {
     let mut e = env.clone();
     e.push((k.into(), v.into()));
     e
-}
-
-/// Run a binary; no run may panic, whatever it was given.
-fn run(bin: &str, args: &[&str], env: &Env) -> (i32, String, String) {
-    let e: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    let (code, out, err) = run_bin(bin, args, &e);
-    let shown: String = format!("{args:?}").chars().take(300).collect();
-    assert!(
-        !err.contains("panicked at") && !out.contains("panicked at"),
-        "{bin} {shown} panicked:\n{err}"
-    );
-    (code, out, err)
 }
 
 /// The stderr line `error: <message>`, exactly.
@@ -122,16 +116,6 @@ fn quoted(input: &str) -> String {
     }
 }
 
-/// A fresh table and queue (dead-letter queue after 3 receives) in moto.
-async fn setup(stack: &Stack, name: &str) -> (Env, String, String) {
-    let table = unique(name);
-    let (queue, dlq) = moto_queue_with_dlq(stack, &unique(name), 3).await;
-    let env = env(stack, &table, &queue);
-    let (code, out, err) = run("mirrorfleet-controller", &["table", "create"], &env);
-    assert_eq!(code, 0, "{out}{err}");
-    (env, queue, dlq)
-}
-
 fn table_name(env: &Env) -> String {
     env.iter()
         .find(|(k, _)| k == "MIRRORFLEET_TABLE")
@@ -145,16 +129,6 @@ fn add_row(env: &Env, args: &[&str]) {
     a.extend_from_slice(args);
     let (code, _, err) = run("mirrorfleet-controller", &a, env);
     assert_eq!(code, 0, "{err}");
-}
-
-fn table_json(env: &Env) -> Vec<Value> {
-    let (code, out, err) = run(
-        "mirrorfleet-controller",
-        &["table", "ls", "--output", "json"],
-        env,
-    );
-    assert_eq!(code, 0, "{err}");
-    serde_json::from_str(&out).unwrap()
 }
 
 /// `table ls` entry of one destination.

@@ -6,46 +6,23 @@
 #![allow(clippy::unwrap_used)]
 
 use mirrorfleet_tests::*;
+use mirrorfleet_tests::{run_env as run, table_ls_json as table_json};
 use serde_json::{Value, json};
 
-/// Environment for the binaries: moto, and plain HTTP for the local registries.
-fn env(stack: &Stack, table: &str, queue: &str) -> Vec<(String, String)> {
-    let mut v: Vec<(String, String)> = moto_env(stack)
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect();
-    v.push(("MIRRORFLEET_TABLE".into(), table.into()));
-    v.push(("MIRRORFLEET_QUEUE_URL".into(), queue.into()));
-    v.push((
-        "MIRRORFLEET_PLAIN_HTTP".into(),
-        format!("{},{},{}", stack.src, stack.dst, stack.basic),
-    ));
-    v
-}
-
-fn run(bin: &str, args: &[&str], env: &[(String, String)]) -> (i32, String, String) {
-    let e: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    run_bin(bin, args, &e)
+/// A fresh table and queue (DLQ after 3 receives), plain HTTP for the
+/// local registries.
+async fn setup(stack: &Stack, name: &str) -> (Env, String, String) {
+    control_setup(stack, name, &[&stack.src, &stack.dst, &stack.basic], 3).await
 }
 
 /// `table add SOURCE DESTS`, which must succeed.
-fn add_row(env: &[(String, String)], source: &str, dests: &str) {
+fn add_row(env: &Env, source: &str, dests: &str) {
     let (code, out, err) = run(
         "mirrorfleet-controller",
         &["table", "add", source, dests],
         env,
     );
     assert_eq!(code, 0, "{out}{err}");
-}
-
-fn table_json(env: &[(String, String)]) -> Vec<Value> {
-    let (code, out, err) = run(
-        "mirrorfleet-controller",
-        &["table", "ls", "--output", "json"],
-        env,
-    );
-    assert_eq!(code, 0, "{err}");
-    serde_json::from_str(&out).unwrap()
 }
 
 fn state_of(rows: &[Value], dest: &str) -> (String, Value) {
@@ -57,16 +34,6 @@ fn state_of(rows: &[Value], dest: &str) -> (String, Value) {
         r["state"].as_str().unwrap_or_default().to_string(),
         r["status"].clone(),
     )
-}
-
-/// A fresh table and queue (with DLQ after 3 receives) in moto.
-async fn setup(stack: &Stack, name: &str) -> (Vec<(String, String)>, String, String) {
-    let table = unique(name);
-    let (queue, dlq) = moto_queue_with_dlq(stack, &unique(name), 3).await;
-    let env = env(stack, &table, &queue);
-    let (code, out, err) = run("mirrorfleet-controller", &["table", "create"], &env);
-    assert_eq!(code, 0, "{out}{err}");
-    (env, queue, dlq)
 }
 
 #[tokio::test]

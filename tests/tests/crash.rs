@@ -18,25 +18,13 @@ use serde_json::Value;
 use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
 
-/// Environment for the binaries: moto, the table and queue, plain HTTP.
-fn env(stack: &Stack, table: &str, queue: &str, plain: &[&str]) -> Vec<(String, String)> {
-    let mut v: Vec<(String, String)> = moto_env(stack)
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect();
-    v.push(("MIRRORFLEET_TABLE".into(), table.into()));
-    v.push(("MIRRORFLEET_QUEUE_URL".into(), queue.into()));
-    v.push(("MIRRORFLEET_PLAIN_HTTP".into(), plain.join(",")));
-    v.push(("MIRRORFLEET_PROGRESS".into(), "never".into()));
-    v
-}
-
-fn spawn(bin: &str, args: &[&str], env: &[(String, String)]) -> Child {
+fn spawn(bin: &str, args: &[&str], env: &Env) -> Child {
     let path = worker_bin().with_file_name(bin);
     Command::new(path)
         .args(args)
         .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .env_remove("RUST_LOG")
+        .env("MIRRORFLEET_PROGRESS", "never")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
@@ -45,7 +33,7 @@ fn spawn(bin: &str, args: &[&str], env: &[(String, String)]) -> Child {
 }
 
 /// Run to the end; (exit code, stdout, stderr).
-async fn run(bin: &str, args: &[&str], env: &[(String, String)]) -> (i32, String, String) {
+async fn run(bin: &str, args: &[&str], env: &Env) -> (i32, String, String) {
     let out = spawn(bin, args, env).wait_with_output().await.unwrap();
     (
         out.status.code().unwrap_or(-1),
@@ -136,7 +124,7 @@ async fn workers_killed_at_any_point_lose_nothing_and_never_leave_a_broken_tag()
     dp.set_hook(Some(Arc::new(move |m: &str, p: &str| {
         let _ = tx.send(format!("{m} {p}"));
     })));
-    let env = env(&stack, &table, &queue, &[&sp.addr, &dp.addr, &stack.dst]);
+    let env = control_env(&stack, &table, &queue, &[&sp.addr, &dp.addr, &stack.dst]);
     let (code, out, err) = run("mirrorfleet-controller", &["table", "create"], &env).await;
     assert_eq!(code, 0, "{out}{err}");
     for (repo, tag, _) in &fleet {
@@ -277,7 +265,7 @@ async fn controllers_killed_mid_scan_or_run_twice_at_once_enqueue_each_row_once(
         .fleet(&prefix, 3, 10, 4)
         .await
         .unwrap();
-    let env = env(&stack, &table, &queue, &[&stack.src, &stack.dst]);
+    let env = control_env(&stack, &table, &queue, &[&stack.src, &stack.dst]);
     let (code, out, err) = run("mirrorfleet-controller", &["table", "create"], &env).await;
     assert_eq!(code, 0, "{out}{err}");
     let mirrors: String = fleet

@@ -1,0 +1,281 @@
+#![allow(clippy::unwrap_used)]
+//! Signatures, attestations and SBOMs travel with images: the referrers API,
+//! its tag schema fallback and cosign's tags. Checked with skopeo.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use mirrorfleet_common::auth::DockerConfig;
+use mirrorfleet_common::copy::{CopyOptions, Engine, Outcome};
+use mirrorfleet_common::registries::Registries;
+use mirrorfleet_common::settings::Settings;
+use mirrorfleet_common::{CopyReport, Reference};
+use mirrorfleet_tests::*;
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+const COSIGN_SIG: &str = "application/vnd.dev.cosign.artifact.sig.v1+json";
+const SPDX: &str = "text/spdx+json";
+const EMPTY: &str = "application/vnd.oci.empty.v1+json";
+
+fn engine(plain: &[&str], options: CopyOptions) -> Engine {
+    let mut s = Settings::default();
+    for h in plain {
+        s.mark_plain_http(h);
+    }
+    Engine::new(
+        Arc::new(Registries::new(s, DockerConfig::default(), None, None)),
+        options,
+    )
+}
+
+async fn copy(engine: &Engine, src: &str, dest: &str) -> CopyReport {
+    let src: Reference = src.parse().unwrap();
+    let dest: Reference = dest.parse().unwrap();
+    engine.copy(&src, &[dest], &CancellationToken::new()).await
+}
+
+/// An OCI artifact manifest (config, one small layer, optional subject),
+/// pushed by digest; returns its bytes.
+async fn push_artifact(
+    p: &Pusher,
+    repo: &str,
+    artifact_type: &str,
+    config_type: &str,
+    subject: Option<Value>,
+) -> Vec<u8> {
+    let cfg = p.blob_typed(repo, b"{}", config_type).await.unwrap();
+    let layer = p
+        .blob_typed(repo, &random_bytes(300), artifact_type)
+        .await
+        .unwrap();
+    let mut m = json!({"schemaVersion": 2, "mediaType": OCI_MANIFEST,
+        "artifactType": artifact_type, "config": cfg, "layers": [layer]});
+    if let Some(s) = subject {
+        m["subject"] = s;
+    }
+    let raw = serde_json::to_vec(&m).unwrap();
+    p.manifest(repo, &sha256(&raw), OCI_MANIFEST, &raw)
+        .await
+        .unwrap();
+    raw
+}
+
+fn tag_form(digest: &str) -> String {
+    digest.replace(':', "-")
+}
+
+#[tokio::test]
+async fn tag_schema_and_cosign_tags_are_copied_unless_turned_off() {
+    let stack = Stack::get();
+    let repo = unique("signed");
+    let image = push_image(&stack, &repo, "v1").await;
+    let p = Pusher::new(Target::plain(&stack.src)).unwrap();
+    let image_raw = Skopeo::plain()
+        .raw(&format!("{}/{repo}@{image}", stack.src))
+        .unwrap();
+
+    // cosign's scheme: a signature image under `sha256-<hex>.sig`.
+    let sig = push_artifact(&p, &repo, COSIGN_SIG, COSIGN_SIG, None).await;
+    let sig_tag = format!("{}.sig", tag_form(&image));
+    p.manifest(&repo, &sig_tag, OCI_MANIFEST, &sig)
+        .await
+        .unwrap();
+    // The referrers tag schema: an SBOM naming the image as its subject,
+    // listed in the index under `sha256-<hex>`.
+    let subject = json!({"mediaType": OCI_INDEX, "digest": image, "size": image_raw.len()});
+    let sbom = push_artifact(&p, &repo, SPDX, EMPTY, Some(subject)).await;
+    let entry = json!({"mediaType": OCI_MANIFEST, "digest": sha256(&sbom),
+        "size": sbom.len(), "artifactType": SPDX});
+    let index = p
+        .index(&repo, &tag_form(&image), false, vec![entry], json!({}))
+        .await
+        .unwrap();
+
+    let plain = [stack.src.as_str(), stack.dst.as_str()];
+    let src = format!("{}/{repo}:v1", stack.src);
+    let dest_repo = format!("{}/{repo}-mirror", stack.dst);
+    let r = copy(
+        &engine(&plain, CopyOptions::default()),
+        &src,
+        &format!("{dest_repo}:v1"),
+    )
+    .await;
+    let d = &r.destinations[0];
+    assert_eq!(d.outcome, Outcome::Copied, "{:?}", d.error);
+    assert!(d.warnings.is_empty(), "{:?}", d.warnings);
+    assert_eq!(d.referrers_copied, 2, "the signature and the SBOM");
+
+    let sk = Skopeo::plain();
+    assert_eq!(sk.digest(&format!("{dest_repo}:v1")).unwrap(), image);
+    assert_eq!(
+        sk.digest(&format!("{dest_repo}:{sig_tag}")).unwrap(),
+        sha256(&sig)
+    );
+    assert_eq!(
+        sk.digest(&format!("{dest_repo}:{}", tag_form(&image)))
+            .unwrap(),
+        index
+    );
+    let sbom_digest = sha256(&sbom);
+    assert_eq!(sk.raw(&format!("{dest_repo}@{sbom_digest}")).unwrap(), sbom);
+    // The SBOM's layer came along too.
+    let v: Value = serde_json::from_slice(&sbom).unwrap();
+    let layer = v["layers"][0]["digest"].as_str().unwrap();
+    let head = reqwest::Client::new()
+        .head(format!(
+            "http://{}/v2/{repo}-mirror/blobs/{layer}",
+            stack.dst
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(head.status(), 200);
+
+    // Again: everything is there, found by HEADs alone.
+    let again = copy(
+        &engine(&plain, CopyOptions::default()),
+        &src,
+        &format!("{dest_repo}:v1"),
+    )
+    .await;
+    let d = &again.destinations[0];
+    assert_eq!(d.outcome, Outcome::InSync, "{:?}", d.error);
+    assert_eq!(d.referrers_copied, 0);
+    assert_eq!(d.manifests_pushed, 0);
+    assert!(d.warnings.is_empty(), "{:?}", d.warnings);
+
+    // Turned off: a fresh repository gets the image and nothing else.
+    let off_repo = format!("{}/{repo}-bare", stack.dst);
+    let r = copy(
+        &engine(
+            &plain,
+            CopyOptions {
+                referrers: false,
+                ..CopyOptions::default()
+            },
+        ),
+        &src,
+        &format!("{off_repo}:v1"),
+    )
+    .await;
+    let d = &r.destinations[0];
+    assert_eq!(d.outcome, Outcome::Copied, "{:?}", d.error);
+    assert_eq!(d.referrers_copied, 0);
+    assert_eq!(sk.digest(&format!("{off_repo}:v1")).unwrap(), image);
+    assert!(sk.raw(&format!("{off_repo}:{sig_tag}")).is_err());
+    assert!(sk.raw(&format!("{off_repo}:{}", tag_form(&image))).is_err());
+    assert!(sk.raw(&format!("{off_repo}@{sbom_digest}")).is_err());
+}
+
+/// A source with the OCI 1.1 referrers API (the local registries lack it):
+/// one image, one SBOM referring to it.
+async fn referrers_api_source() -> (FakeRegistry, String, Vec<u8>) {
+    let mut routes: HashMap<String, FakeRoute> = HashMap::new();
+    let blob = |routes: &mut HashMap<String, FakeRoute>, data: &[u8]| {
+        routes.insert(
+            format!("/v2/app/blobs/{}", sha256(data)),
+            (
+                200,
+                "application/octet-stream".into(),
+                vec![],
+                data.to_vec(),
+            ),
+        );
+    };
+    let cfg = br#"{"architecture":"amd64","os":"linux"}"#.to_vec();
+    let layer = random_bytes(500);
+    blob(&mut routes, &cfg);
+    blob(&mut routes, &layer);
+    let image = serde_json::to_vec(&json!({"schemaVersion": 2, "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": OCI_CONFIG, "digest": sha256(&cfg), "size": cfg.len()},
+        "layers": [{"mediaType": OCI_LAYER, "digest": sha256(&layer), "size": layer.len()}]}))
+    .unwrap();
+    let image_digest = sha256(&image);
+
+    let sbom_layer = random_bytes(200);
+    blob(&mut routes, b"{}");
+    blob(&mut routes, &sbom_layer);
+    let sbom = serde_json::to_vec(&json!({"schemaVersion": 2, "mediaType": OCI_MANIFEST,
+        "artifactType": SPDX,
+        "config": {"mediaType": EMPTY, "digest": sha256(b"{}"), "size": 2},
+        "layers": [{"mediaType": SPDX, "digest": sha256(&sbom_layer), "size": sbom_layer.len()}],
+        "subject": {"mediaType": OCI_MANIFEST, "digest": image_digest, "size": image.len()}}))
+    .unwrap();
+    let sbom_digest = sha256(&sbom);
+    let listing = serde_json::to_vec(&json!({"schemaVersion": 2, "mediaType": OCI_INDEX,
+        "manifests": [{"mediaType": OCI_MANIFEST, "digest": sbom_digest, "size": sbom.len(),
+            "artifactType": SPDX}]}))
+    .unwrap();
+
+    routes.insert(
+        "/v2/".into(),
+        (200, "application/json".into(), vec![], b"{}".to_vec()),
+    );
+    for (path, raw) in [
+        ("v1".to_string(), &image),
+        (image_digest.clone(), &image),
+        (sbom_digest.clone(), &sbom),
+    ] {
+        routes.insert(
+            format!("/v2/app/manifests/{path}"),
+            (
+                200,
+                OCI_MANIFEST.into(),
+                vec![("Docker-Content-Digest".into(), sha256(raw))],
+                raw.clone(),
+            ),
+        );
+    }
+    routes.insert(
+        format!("/v2/app/referrers/{image_digest}"),
+        (200, OCI_INDEX.into(), vec![], listing),
+    );
+    (
+        FakeRegistry::start(routes).await.unwrap(),
+        sbom_digest,
+        sbom,
+    )
+}
+
+#[tokio::test]
+async fn referrers_api_is_followed_and_filtered() {
+    let stack = Stack::get();
+    let (fake, sbom_digest, sbom) = referrers_api_source().await;
+    let plain = [fake.addr.as_str(), stack.dst.as_str()];
+    let src = format!("{}/app:v1", fake.addr);
+    let sk = Skopeo::plain();
+
+    let dest_repo = format!("{}/{}", stack.dst, unique("api"));
+    let r = copy(
+        &engine(&plain, CopyOptions::default()),
+        &src,
+        &format!("{dest_repo}:v1"),
+    )
+    .await;
+    let d = &r.destinations[0];
+    assert_eq!(d.outcome, Outcome::Copied, "{:?}", d.error);
+    assert!(d.warnings.is_empty(), "{:?}", d.warnings);
+    assert_eq!(d.referrers_copied, 1);
+    assert_eq!(sk.raw(&format!("{dest_repo}@{sbom_digest}")).unwrap(), sbom);
+
+    // Filtered out by type: the image only.
+    let other = format!("{}/{}", stack.dst, unique("api-filtered"));
+    let r = copy(
+        &engine(
+            &plain,
+            CopyOptions {
+                artifact_types: vec![COSIGN_SIG.into()],
+                ..CopyOptions::default()
+            },
+        ),
+        &src,
+        &format!("{other}:v1"),
+    )
+    .await;
+    let d = &r.destinations[0];
+    assert_eq!(d.outcome, Outcome::Copied, "{:?}", d.error);
+    assert_eq!(d.referrers_copied, 0);
+    assert!(sk.raw(&format!("{other}:v1")).is_ok());
+    assert!(sk.raw(&format!("{other}@{sbom_digest}")).is_err());
+}
