@@ -23,3 +23,77 @@ scripts/stack.sh status >/dev/null 2>&1 || scripts/stack.sh up
 eval "$(scripts/stack.sh env)"
 cargo build --release --locked -q -p mirrorfleet-worker -p mirrorfleet-controller -p mirrorfleet-tests
 BIN="$CARGO_TARGET_DIR/release"
+
+# measure_cmd NAME CMD...: run CMD under /usr/bin/time -v and append one JSON
+# line to $WORK/measured.jsonl: wall s, cpu s (user+sys of the process tree),
+# peak RSS MiB, and from the stack's access logs the requests CMD caused at the
+# source ($MEASURE_SRC, default src) and the destination ($MEASURE_DST, default
+# dst), the source's manifest HEADs, and blobs written (PUT or mounted) more
+# than once into the same destination repository. Exits if CMD fails.
+measure_cmd() {
+    local name="$1" src="${MEASURE_SRC:-src}" dst="${MEASURE_DST:-dst}" s0 d0
+    shift
+    s0=$(wc -l <"$MIRRORFLEET_STACK_DIR/$src.log")
+    d0=$(wc -l <"$MIRRORFLEET_STACK_DIR/$dst.log")
+    /usr/bin/time -v "$@" >"$WORK/out.txt" 2>"$WORK/time.txt" || {
+        echo "$name failed:" >&2
+        tail -30 "$WORK/out.txt" "$WORK/time.txt" >&2
+        exit 1
+    }
+    sleep 0.2 # let the registries flush their access logs
+    tail -n +"$((s0 + 1))" "$MIRRORFLEET_STACK_DIR/$src.log" >"$WORK/src-slice.log"
+    tail -n +"$((d0 + 1))" "$MIRRORFLEET_STACK_DIR/$dst.log" >"$WORK/dst-slice.log"
+    python3 - "$name" "$WORK/time.txt" "$WORK/src-slice.log" "$WORK/dst-slice.log" >>"$WORK/measured.jsonl" <<'PY'
+import collections, json, re, sys
+name, timef, srcf, dstf = sys.argv[1:]
+t = open(timef).read()
+num = lambda label: float(re.search(re.escape(label) + r":\s*([0-9.]+)", t).group(1))
+wall = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\):\s*(\S+)", t).group(1).split(":")
+req = re.compile(r'"(GET|HEAD|PUT|POST|PATCH|DELETE) (/v2/\S*) HTTP/1\.1" (\d{3})')
+def requests(path):
+    return [m.groups() for m in map(req.search, open(path, errors="replace")) if m]
+src, dst = requests(srcf), requests(dstf)
+writes = collections.Counter()
+for method, path, status in dst:
+    m = re.match(r"/v2/(.+)/blobs/uploads/[^?]*\?(.*)", path)
+    if status != "201" or not m:
+        continue
+    q = dict(p.split("=", 1) for p in m.group(2).split("&") if "=" in p)
+    digest = q.get("digest") or q.get("mount")
+    if digest and (method == "PUT" or (method == "POST" and "mount" in q)):
+        writes[(m.group(1), digest.replace("%3A", ":"))] += 1
+print(json.dumps({
+    "name": name,
+    "wall": sum(float(p) * 60 ** i for i, p in enumerate(reversed(wall))),
+    "cpu": num("User time (seconds)") + num("System time (seconds)"),
+    "rss_mib": num("Maximum resident set size (kbytes)") / 1024,
+    "src_reqs": len(src),
+    "dst_reqs": len(dst),
+    "src_manifest_heads": sum(1 for m, p, _ in src if m == "HEAD" and "/manifests/" in p),
+    "blobs_x2": sum(1 for c in writes.values() if c > 1),
+}))
+PY
+}
+
+# check_digests IMAGES REGISTRY PREFIX [USER:PASS]: every `repository tag
+# digest` line of IMAGES (mirrorfleet-fixture's output) must be at
+# REGISTRY/PREFIX/repository:tag with that digest (HEAD, Docker-Content-Digest).
+# Prints how many match; fails (status 1, first mismatch on stderr) if any does not.
+check_digests() {
+    local images="$1" registry="$2" prefix="$3" creds="${4:-}" n=0 bad=0 repo tag digest got
+    local auth=()
+    [[ -n "$creds" ]] && auth=(-u "$creds")
+    while read -r repo tag digest; do
+        got=$(curl -fsS -I "${auth[@]}" \
+            -H 'Accept: application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json' \
+            "http://$registry/v2/$prefix/$repo/manifests/$tag" |
+            tr -d '\r' | sed -n 's/^[Dd]ocker-[Cc]ontent-[Dd]igest: //p') || true
+        if [[ "$got" == "$digest" ]]; then
+            n=$((n + 1))
+        elif ((bad++ == 0)); then
+            echo "digest mismatch: $registry/$prefix/$repo:$tag has '${got:-nothing}', source $digest" >&2
+        fi
+    done <"$images"
+    echo "$n"
+    ((bad == 0))
+}
