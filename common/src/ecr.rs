@@ -107,6 +107,8 @@ pub struct Ecr {
 
 /// Refresh this long before ECR's stated expiry.
 const REFRESH_MARGIN: Duration = Duration::from_secs(3600);
+/// How long a token reported as already expired is used before asking again.
+const SKEWED_TOKEN_USE: Duration = Duration::from_secs(300);
 
 fn display_error<E: std::error::Error>(e: &E) -> String {
     // The SDK's Display is terse ("service error"); the source chain has the words.
@@ -198,10 +200,16 @@ impl Ecr {
             username: user.to_string(),
             password: Secret::new(pass),
         };
+        let now = SystemTime::now();
         let expires = data
             .expires_at()
             .and_then(|t| SystemTime::try_from(*t).ok())
-            .unwrap_or_else(|| SystemTime::now() + Duration::from_secs(12 * 3600));
+            .unwrap_or_else(|| now + Duration::from_secs(12 * 3600));
+        // A token that says it is already (nearly) expired was still just
+        // issued: a skewed clock, or moto's fixed date. Keep it a few minutes
+        // rather than fetching a new one for every request; a registry that
+        // refuses it as expired makes us fetch at once anyway.
+        let expires = expires.max(now + REFRESH_MARGIN + SKEWED_TOKEN_USE);
         self.tokens
             .lock()
             .await
