@@ -592,6 +592,37 @@ pub fn run_bin(bin: &str, args: &[&str], env: &[(&str, &str)]) -> (i32, String, 
     )
 }
 
+/// An engine over `settings`, with no Docker config and no explicit
+/// credentials, as the in-process copy tests use it.
+pub fn engine_with(
+    settings: mirrorfleet_common::settings::Settings,
+    options: mirrorfleet_common::CopyOptions,
+) -> mirrorfleet_common::Engine {
+    mirrorfleet_common::Engine::new(
+        std::sync::Arc::new(mirrorfleet_common::registries::Registries::new(
+            settings,
+            mirrorfleet_common::auth::DockerConfig::default(),
+            None,
+            None,
+        )),
+        options,
+    )
+}
+
+/// Copy `src` to `dests` with `engine`, never cancelled.
+pub async fn copy_to(
+    engine: &mirrorfleet_common::Engine,
+    src: &str,
+    dests: &[&str],
+) -> mirrorfleet_common::CopyReport {
+    let src: mirrorfleet_common::Reference = src.parse().unwrap();
+    let dests: Vec<mirrorfleet_common::Reference> =
+        dests.iter().map(|d| d.parse().unwrap()).collect();
+    engine
+        .copy(&src, &dests, &tokio_util::sync::CancellationToken::new())
+        .await
+}
+
 /// Environment variables for a binary, owned.
 pub type Env = Vec<(String, String)>;
 

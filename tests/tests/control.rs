@@ -36,6 +36,35 @@ fn state_of(rows: &[Value], dest: &str) -> (String, Value) {
     )
 }
 
+/// A mirror file of its own for a local-mode test.
+fn mirrors_file(name: &str, yaml: String) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(unique(name));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("mirrors.yaml");
+    std::fs::write(&file, yaml).unwrap();
+    file
+}
+
+/// `sync --output json` over the local source and destination registries,
+/// which must succeed; returns its summary.
+fn sync_json(stack: &Stack, file: &std::path::Path) -> Value {
+    let plain = format!("{},{}", stack.src, stack.dst);
+    let (code, out, err) = run_bin(
+        "mirrorfleet-controller",
+        &[
+            "sync",
+            "--plain-http",
+            &plain,
+            "--output",
+            "json",
+            file.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{out}\n{err}");
+    serde_json::from_str(&out).unwrap()
+}
+
 #[tokio::test]
 async fn table_to_queue_to_worker_to_synced_and_a_second_run_enqueues_nothing() {
     let stack = Stack::get();
@@ -403,17 +432,13 @@ async fn local_mode_end_to_end_and_incremental() {
     let repo = unique("local");
     let d1 = push_image(&stack, &repo, "v1").await;
     let d2 = push_image(&stack, &repo, "v2").await;
-    let dir = std::env::temp_dir().join(unique("mf-local"));
-    std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join("mirrors.yaml");
-    std::fs::write(
-        &file,
+    let file = mirrors_file(
+        "mf-local",
         format!(
             "mirrors:\n  - source: {0}/{repo}:v1\n    destinations:\n      - {1}/{repo}-a:v1\n      - {1}/{repo}-b:v1\n  - source: {0}/{repo}:v2\n    destinations: {1}/{repo}-a:v2\n",
             stack.src, stack.dst
         ),
-    )
-    .unwrap();
+    );
     let plain = format!("{},{}", stack.src, stack.dst);
     let (code, out, err) = run_bin(
         "mirrorfleet-controller",
@@ -435,7 +460,7 @@ async fn local_mode_end_to_end_and_incremental() {
         sk.digest(&format!("{}/{repo}-a:v2", stack.dst)).unwrap(),
         d2
     );
-    assert!(dir.join("mirrors.yaml.state.json").exists());
+    assert!(file.with_extension("yaml.state.json").exists());
 
     // Second run: in sync, HEADs only, no blob read at the source.
     let gets_before = count_requests(&stack, "src", &["\"GET /v2/", &format!("/{repo}/")]);
@@ -596,35 +621,14 @@ async fn repository_rows_mirror_the_tags_their_rule_picks() {
     for tag in ["1.0.0", "1.1.0", "1.2.0", "1.3.0-rc1", "latest"] {
         digests.insert(tag, push_image(&stack, &repo, tag).await);
     }
-    let dir = std::env::temp_dir().join(unique("mf-reporow"));
-    std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join("mirrors.yaml");
-    std::fs::write(
-        &file,
+    let file = mirrors_file(
+        "mf-reporow",
         format!(
             "mirrors:\n  - source: {0}/{repo}\n    tags: {{semver: '>=1.1', latest: 2}}\n    destinations: [{1}/mirror/, {1}/{repo}-copy]\n",
             stack.src, stack.dst
         ),
-    )
-    .unwrap();
-    let plain = format!("{},{}", stack.src, stack.dst);
-    let sync = || {
-        run_bin(
-            "mirrorfleet-controller",
-            &[
-                "sync",
-                "--plain-http",
-                &plain,
-                "--output",
-                "json",
-                file.to_str().unwrap(),
-            ],
-            &[],
-        )
-    };
-    let (code, out, err) = sync();
-    assert_eq!(code, 0, "{out}\n{err}");
-    let v: Value = serde_json::from_str(&out).unwrap();
+    );
+    let v = sync_json(&stack, &file);
     assert_eq!(v["plan"]["jobs_enqueued"], 2, "{v}");
     let sk = Skopeo::plain();
     for tag in ["1.2.0", "1.1.0"] {
@@ -643,17 +647,13 @@ async fn repository_rows_mirror_the_tags_their_rule_picks() {
     }
 
     // Nothing changed: nothing to do.
-    let (code, out, err) = sync();
-    assert_eq!(code, 0, "{out}\n{err}");
-    let v: Value = serde_json::from_str(&out).unwrap();
+    let v = sync_json(&stack, &file);
     assert_eq!(v["plan"]["jobs_enqueued"], 0, "{v}");
     assert_eq!(v["plan"]["in_sync"], 2, "{v}");
 
     // A newer release moves the window of the 2 newest.
     let d14 = push_image(&stack, &repo, "1.4.0").await;
-    let (code, out, err) = sync();
-    assert_eq!(code, 0, "{out}\n{err}");
-    let v: Value = serde_json::from_str(&out).unwrap();
+    let v = sync_json(&stack, &file);
     assert_eq!(v["plan"]["jobs_enqueued"], 1, "{v}");
     assert_eq!(
         sk.digest(&format!("{}/{repo}-copy:1.4.0", stack.dst))
@@ -752,32 +752,14 @@ async fn registry_wide_rows_mirror_every_picked_repository() {
             want.push((repo, d));
         }
     }
-    let dir = std::env::temp_dir().join(unique("mf-wide"));
-    std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join("mirrors.yaml");
-    std::fs::write(
-        &file,
+    let file = mirrors_file(
+        "mf-wide",
         format!(
             "mirrors:\n  - source: {0}/{ns}/*\n    repositories: {{exclude: ['{ns}/tmp-*']}}\n    tags: {{latest: 1}}\n    destinations: [{1}/wide/]\n",
             stack.src, stack.dst
         ),
-    )
-    .unwrap();
-    let plain = format!("{},{}", stack.src, stack.dst);
-    let (code, out, err) = run_bin(
-        "mirrorfleet-controller",
-        &[
-            "sync",
-            "--plain-http",
-            &plain,
-            "--output",
-            "json",
-            file.to_str().unwrap(),
-        ],
-        &[],
     );
-    assert_eq!(code, 0, "{out}\n{err}");
-    let v: Value = serde_json::from_str(&out).unwrap();
+    let v = sync_json(&stack, &file);
     assert_eq!(v["plan"]["jobs_enqueued"], 2, "{v}");
     let sk = Skopeo::plain();
     for (repo, digest) in &want {

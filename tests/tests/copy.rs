@@ -6,14 +6,13 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use mirrorfleet_common::CopyReport;
 use mirrorfleet_common::auth::{Credentials, DockerConfig};
 use mirrorfleet_common::copy::{CopyOptions, Engine, Outcome};
 use mirrorfleet_common::registries::Registries;
 use mirrorfleet_common::settings::{RegistrySettings, Settings};
-use mirrorfleet_common::{CopyReport, Reference};
 use mirrorfleet_tests::*;
 use serde_json::json;
-use tokio_util::sync::CancellationToken;
 
 fn settings(stack: &Stack) -> Settings {
     let mut s = Settings::default();
@@ -45,21 +44,12 @@ fn with_creds(stack: &Stack, host: &str, creds: &str) -> Settings {
 }
 
 fn engine(settings: Settings) -> Engine {
-    Engine::new(
-        Arc::new(Registries::new(
-            settings,
-            DockerConfig::default(),
-            None,
-            None,
-        )),
-        CopyOptions::default(),
-    )
+    engine_with(settings, CopyOptions::default())
 }
 
 async fn copy(engine: &Engine, src: &str, dests: &[String]) -> CopyReport {
-    let src: Reference = src.parse().unwrap();
-    let dests: Vec<Reference> = dests.iter().map(|d| d.parse().unwrap()).collect();
-    engine.copy(&src, &dests, &CancellationToken::new()).await
+    let dests: Vec<&str> = dests.iter().map(String::as_str).collect();
+    copy_to(engine, src, &dests).await
 }
 
 fn assert_ok(report: &CopyReport) {

@@ -11,15 +11,20 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
-use mirrorfleet_common::auth::DockerConfig;
+use mirrorfleet_common::CopyReport;
 use mirrorfleet_common::copy::{CopyOptions, Engine, Outcome};
-use mirrorfleet_common::registries::Registries;
 use mirrorfleet_common::settings::{RegistrySettings, Settings};
-use mirrorfleet_common::{CopyReport, Reference};
 use mirrorfleet_tests::faults::{Counts, Expiry, FaultProxy, Faults};
 use mirrorfleet_tests::*;
 use serde_json::json;
-use tokio_util::sync::CancellationToken;
+
+fn engine(settings: Settings) -> Engine {
+    engine_with(settings, CopyOptions::default())
+}
+
+async fn copy(engine: &Engine, src: &str, dest: &str) -> CopyReport {
+    copy_to(engine, src, &[dest]).await
+}
 
 /// Plain HTTP for the stack and the proxies, with a short read timeout so a
 /// stalled response is abandoned quickly.
@@ -39,24 +44,6 @@ fn settings(stack: &Stack, proxies: &[&FaultProxy]) -> Settings {
         );
     }
     s
-}
-
-fn engine(settings: Settings) -> Engine {
-    Engine::new(
-        Arc::new(Registries::new(
-            settings,
-            DockerConfig::default(),
-            None,
-            None,
-        )),
-        CopyOptions::default(),
-    )
-}
-
-async fn copy(engine: &Engine, src: &str, dest: &str) -> CopyReport {
-    let src: Reference = src.parse().unwrap();
-    let dest: Reference = dest.parse().unwrap();
-    engine.copy(&src, &[dest], &CancellationToken::new()).await
 }
 
 /// Two platforms, three layers each: enough requests for faults to land.

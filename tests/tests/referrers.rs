@@ -3,16 +3,12 @@
 //! its tag schema fallback and cosign's tags. Checked with skopeo.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
-use mirrorfleet_common::auth::DockerConfig;
+use mirrorfleet_common::CopyReport;
 use mirrorfleet_common::copy::{CopyOptions, Engine, Outcome};
-use mirrorfleet_common::registries::Registries;
 use mirrorfleet_common::settings::Settings;
-use mirrorfleet_common::{CopyReport, Reference};
 use mirrorfleet_tests::*;
 use serde_json::{Value, json};
-use tokio_util::sync::CancellationToken;
 
 const COSIGN_SIG: &str = "application/vnd.dev.cosign.artifact.sig.v1+json";
 const SPDX: &str = "text/spdx+json";
@@ -23,16 +19,11 @@ fn engine(plain: &[&str], options: CopyOptions) -> Engine {
     for h in plain {
         s.mark_plain_http(h);
     }
-    Engine::new(
-        Arc::new(Registries::new(s, DockerConfig::default(), None, None)),
-        options,
-    )
+    engine_with(s, options)
 }
 
 async fn copy(engine: &Engine, src: &str, dest: &str) -> CopyReport {
-    let src: Reference = src.parse().unwrap();
-    let dest: Reference = dest.parse().unwrap();
-    engine.copy(&src, &[dest], &CancellationToken::new()).await
+    copy_to(engine, src, &[dest]).await
 }
 
 /// An OCI artifact manifest (config, one small layer, optional subject),
