@@ -168,7 +168,7 @@ up() {
     key: $c/server.key"
 
     start_component moto "$MOTO_PORT" "http://127.0.0.1:$MOTO_PORT/moto-api/" \
-        "$VENV/bin/moto_server" -H 127.0.0.1 -p "$MOTO_PORT"
+        env MOTO_PORT="$MOTO_PORT" "$VENV/bin/python" "$ROOT/scripts/moto_server.py" 127.0.0.1 "$MOTO_PORT"
     # moto's Batch would try to run jobs in Docker otherwise.
     curl -fsS -X POST -H 'Content-Type: application/json' \
         -d '{"batch":{"use_docker":false}}' "http://127.0.0.1:$MOTO_PORT/moto-api/config" >/dev/null

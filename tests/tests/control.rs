@@ -610,6 +610,72 @@ async fn an_older_result_never_overwrites_a_newer_one() {
     assert!(matches!(gone, Err(StoreError::RowGone(_))), "{gone:?}");
 }
 
+/// Claims are the controllers' only guard against sending a job twice: of
+/// several controllers claiming one destination at once, exactly one wins.
+/// (The stack serialises moto's DynamoDB, whose conditional writes are
+/// otherwise not atomic; real DynamoDB's are.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_claims_on_one_destination_have_exactly_one_winner() {
+    use aws_sdk_dynamodb::types::AttributeValue;
+    use mirrorfleet_common::store::{DynamoStore, Store, StoreError};
+    use mirrorfleet_common::table::{DestStatus, State};
+    let stack = Stack::get();
+    let (env, _, _) = setup(&stack, "claims").await;
+    let table = env
+        .iter()
+        .find(|(k, _)| k == "MIRRORFLEET_TABLE")
+        .unwrap()
+        .1
+        .clone();
+    let store = std::sync::Arc::new(Store::Dynamo(DynamoStore::with_client(
+        moto_dynamodb(&stack),
+        &table,
+    )));
+    let repo = unique("claims");
+    let dest = format!("{}/{repo}:v1", stack.dst);
+    let dynamo = moto_dynamodb(&stack);
+    for round in 0..100 {
+        // Written directly: a controller process per row would take minutes.
+        let src = format!("{}/{repo}:r{round}", stack.src);
+        dynamo
+            .put_item()
+            .table_name(&table)
+            .item("source", AttributeValue::S(src.clone()))
+            .item(
+                "destinations",
+                AttributeValue::L(vec![AttributeValue::S(dest.clone())]),
+            )
+            .item("status", AttributeValue::M(Default::default()))
+            .send()
+            .await
+            .unwrap();
+        let claims = (0..8).map(|n| {
+            let store = store.clone();
+            let (src, dest) = (src.clone(), dest.clone());
+            tokio::spawn(async move {
+                let st = DestStatus {
+                    state: Some(State::Queued),
+                    queued_at: Some(format!("2026-11-23T00:00:0{n}Z")),
+                    ..Default::default()
+                };
+                store.claim_queued(&src, &dest, None, &st).await
+            })
+        });
+        let mut won = 0;
+        for c in futures_util::future::join_all(claims).await {
+            match c.unwrap() {
+                Ok(()) => won += 1,
+                Err(StoreError::Stale { .. }) => {}
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert_eq!(
+            won, 1,
+            "round {round}: {won} controllers claimed one destination"
+        );
+    }
+}
+
 /// A repository row with a tag rule, in local mode: the picked tags arrive
 /// under a prefix and in a repository, a second sync moves nothing, and a new
 /// tag moves the window.
