@@ -22,7 +22,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::copy::{Engine, Outcome};
+use crate::copy::{CopyRules, Engine, Outcome};
 use crate::job::Job;
 use crate::queue::{Message, Queue};
 use crate::store::{Store, StoreError};
@@ -268,7 +268,11 @@ async fn handle(
         (Some(d), true) => job.source.with_digest(d.clone()),
         _ => job.source.clone(),
     };
-    let copy = engine.copy_with(&source, &dests, row.mirror.overwrite, cancel);
+    let rules = CopyRules {
+        overwrite: row.mirror.overwrite,
+        platforms: row.mirror.platforms.clone(),
+    };
+    let copy = engine.copy_with(&source, &dests, &rules, cancel);
     tokio::pin!(copy);
     let mut beat = tokio::time::interval(opts.visibility / 3);
     beat.tick().await;

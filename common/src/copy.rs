@@ -37,7 +37,7 @@ use crate::digest::Digest;
 use crate::ecr::EcrHost;
 use crate::error::{Error, Result};
 use crate::ledger::{BlobKey, Claim, Ledger};
-use crate::manifest::{Descriptor, Manifest};
+use crate::manifest::{Descriptor, Manifest, PlatformSpec};
 use crate::reference::Reference;
 use crate::registries::{Registries, Role};
 
@@ -61,6 +61,15 @@ pub struct CopyOptions {
     /// `.att` = `application/vnd.dsse.envelope.v1+json`,
     /// `.sbom` = `text/spdx+json` (see [`COSIGN_TAGS`]).
     pub artifact_types: Vec<String>,
+}
+
+/// One copy's own rules, from its mirror row.
+#[derive(Debug, Clone, Default)]
+pub struct CopyRules {
+    /// Overrides [`CopyOptions::overwrite`] (a row's `overwrite`).
+    pub overwrite: Option<bool>,
+    /// Only these platforms of a multi-platform source; empty means all.
+    pub platforms: Vec<PlatformSpec>,
 }
 
 /// cosign's tag scheme: `<alg>-<hex>.<suffix>` next to the image, with the
@@ -337,29 +346,30 @@ impl Engine {
         destinations: &[Reference],
         cancel: &CancellationToken,
     ) -> CopyReport {
-        self.copy_with(source, destinations, None, cancel).await
+        self.copy_with(source, destinations, &CopyRules::default(), cancel)
+            .await
     }
 
-    /// [`Engine::copy`], with this copy's own overwrite rule (a mirror row's
-    /// `overwrite`) in place of the engine's.
+    /// [`Engine::copy`], with this copy's own rules (a mirror row's
+    /// `overwrite` and `platforms`).
     pub async fn copy_with(
         &self,
         source: &Reference,
         destinations: &[Reference],
-        overwrite: Option<bool>,
+        rules: &CopyRules,
         cancel: &CancellationToken,
     ) -> CopyReport {
         let started = Instant::now();
         let mut dests: Vec<Dest> = destinations.iter().cloned().map(Dest::new).collect();
         let bytes_read = AtomicU64::new(0);
-        let overwrite = overwrite.unwrap_or(self.options.overwrite);
         let result = tokio::select! {
-            r = self.run(source, &mut dests, &bytes_read, overwrite) => r,
+            r = self.run(source, &mut dests, &bytes_read, rules) => r,
             _ = cancel.cancelled() => Err(Error::Cancelled),
         };
-        let source_digest = match result {
+        let (source_digest, pushed) = match result {
             Ok(resolved) => {
-                if self.options.referrers {
+                // Signatures of the source's index do not sign a filtered one.
+                if self.options.referrers && resolved.pushed == resolved.digest {
                     tokio::select! {
                         () = self.copy_referrers(source, &resolved, &dests, &bytes_read) => {}
                         _ = cancel.cancelled() => {
@@ -369,7 +379,7 @@ impl Engine {
                         }
                     }
                 }
-                Some(resolved.digest)
+                (Some(resolved.digest), Some(resolved.pushed))
             }
             Err(e) => {
                 for d in &dests {
@@ -377,7 +387,7 @@ impl Engine {
                         d.fail(&e);
                     }
                 }
-                None
+                (None, None)
             }
         };
         CopyReport {
@@ -386,7 +396,7 @@ impl Engine {
             seconds: started.elapsed().as_secs_f64(),
             destinations: dests
                 .iter()
-                .map(|d| d.report(source_digest.as_ref(), started))
+                .map(|d| d.report(pushed.as_ref(), started))
                 .collect(),
             source_digest,
         }
@@ -399,8 +409,9 @@ impl Engine {
         source: &Reference,
         dests: &mut [Dest],
         bytes_read: &AtomicU64,
-        overwrite: bool,
+        rules: &CopyRules,
     ) -> Result<Resolved> {
+        let overwrite = rules.overwrite.unwrap_or(self.options.overwrite);
         let src = self.registries.get(source.registry(), Role::Source).await?;
         let src_digest = match source.digest() {
             Some(d) => d.clone(),
@@ -412,13 +423,21 @@ impl Engine {
             }
         };
         tracing::debug!(%source, digest = %src_digest, "source resolved");
+        let top = self
+            .select_platforms(&src, source, &src_digest, &rules.platforms)
+            .await?;
+        let want = top.as_ref().map_or(&src_digest, |m| &m.digest).clone();
+        let resolved = Resolved {
+            pushed: want.clone(),
+            digest: src_digest,
+        };
 
         // 1. Destinations: resolve, create ECR repositories, compare digests.
         // Futures are built in loops, not closures, so the copy future stays
         // `Send` for `tokio::spawn` (closure-made futures trip Send inference).
         let mut checks = Vec::with_capacity(dests.len());
         for d in dests.iter() {
-            checks.push(self.prepare(source, &d.reference, &src_digest, overwrite));
+            checks.push(self.prepare(source, &d.reference, &want, overwrite));
         }
         let prepared = futures_util::future::join_all(checks).await;
         for (d, p) in dests.iter_mut().zip(prepared) {
@@ -432,11 +451,38 @@ impl Engine {
             }
         }
         if !dests.iter().any(Dest::active) {
-            return Ok(Resolved { digest: src_digest });
+            return Ok(resolved);
         }
-        self.transfer_tree(&src, source.repository(), &src_digest, dests, bytes_read)
+        let root = match top {
+            Some(m) => Root::Manifest(m),
+            None => Root::Digest(resolved.digest.clone()),
+        };
+        self.transfer_tree(&src, source.repository(), root, dests, bytes_read)
             .await?;
-        Ok(Resolved { digest: src_digest })
+        Ok(resolved)
+    }
+
+    /// The source's index at `digest` cut down to `platforms`, or `None`
+    /// to copy the source as it is (no subset asked for, nothing to drop,
+    /// or a single-platform image).
+    pub async fn select_platforms(
+        &self,
+        src: &Registry,
+        source: &Reference,
+        digest: &Digest,
+        platforms: &[PlatformSpec],
+    ) -> Result<Option<Manifest>> {
+        if platforms.is_empty() {
+            return Ok(None);
+        }
+        let top = src
+            .get_manifest(source.repository(), &digest.to_string())
+            .await?;
+        top.select_platforms(platforms)
+            .map_err(|e| Error::Manifest {
+                what: format!("source image {source}"),
+                source: e,
+            })
     }
 
     /// Steps 2 to 4 for the manifest at `digest`: fetch its tree, move its
@@ -447,12 +493,12 @@ impl Engine {
         &self,
         src: &Arc<Registry>,
         src_repo: &str,
-        digest: &Digest,
+        root: Root,
         dests: &[Dest],
         bytes_read: &AtomicU64,
     ) -> Result<Vec<Manifest>> {
         // 2. The manifest tree, children before parents.
-        let manifests = self.fetch_tree(src, src_repo, digest).await?;
+        let manifests = self.fetch_tree(src, src_repo, root).await?;
         let mut blobs: Vec<Descriptor> = Vec::new();
         for m in &manifests {
             for b in m.blobs() {
@@ -589,15 +635,19 @@ impl Engine {
 
     /// GET the manifest at `digest` and, level by level, every child; returns
     /// them deepest level first so children are pushed before their parents.
-    async fn fetch_tree(
-        &self,
-        src: &Registry,
-        repo: &str,
-        digest: &Digest,
-    ) -> Result<Vec<Manifest>> {
+    async fn fetch_tree(&self, src: &Registry, repo: &str, root: Root) -> Result<Vec<Manifest>> {
         let mut levels: Vec<Vec<Manifest>> = Vec::new();
-        let mut next: Vec<Digest> = vec![digest.clone()];
         let mut seen: Vec<Digest> = Vec::new();
+        let (digest, mut next) = match root {
+            Root::Digest(d) => (d.clone(), vec![d]),
+            Root::Manifest(m) => {
+                let digest = m.digest.clone();
+                let next: Vec<Digest> = m.children().iter().map(|c| c.digest.clone()).collect();
+                seen.clone_from(&next);
+                levels.push(vec![m]);
+                (digest, next)
+            }
+        };
         while !next.is_empty() {
             if levels.len() > 8 {
                 return Err(Error::Manifest {
@@ -924,6 +974,15 @@ impl Engine {
 /// What the source reference resolved to.
 struct Resolved {
     digest: Digest,
+    /// The top manifest pushed: `digest`, or a platform subset's own.
+    pushed: Digest,
+}
+
+/// Where a manifest tree starts: a digest at the source, or a manifest
+/// already in hand (a platform subset, which exists nowhere to GET).
+enum Root {
+    Digest(Digest),
+    Manifest(Manifest),
 }
 
 /// An artifact that refers to a subject: by digest (referrers API or tag
@@ -1109,7 +1168,13 @@ impl Engine {
             return;
         }
         match self
-            .transfer_tree(src, src_repo, &artifact.digest, &copies, bytes_read)
+            .transfer_tree(
+                src,
+                src_repo,
+                Root::Digest(artifact.digest.clone()),
+                &copies,
+                bytes_read,
+            )
             .await
         {
             Ok(_) => {}

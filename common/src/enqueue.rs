@@ -68,6 +68,7 @@ pub async fn apply(
             }
             Ok(Plan::Act {
                 source_digest,
+                dest_digest,
                 copy,
                 mark_synced,
                 pending,
@@ -86,7 +87,7 @@ pub async fn apply(
                         let mut st = row.status.get(&key).cloned().unwrap_or_default();
                         st.state = Some(State::Synced);
                         st.source_digest = Some(source_digest.clone());
-                        st.dest_digest = Some(source_digest.clone());
+                        st.dest_digest = Some(dest_digest.clone());
                         st.error = None;
                         note(store.update_status(&rp.key, &key, &st).await, &rp.key);
                     }

@@ -50,6 +50,6 @@ pub mod shutdown;
 pub mod store;
 pub mod table;
 
-pub use copy::{CopyOptions, CopyReport, DestinationReport, Engine, Outcome};
+pub use copy::{CopyOptions, CopyReport, CopyRules, DestinationReport, Engine, Outcome};
 pub use error::{Error, Result};
 pub use reference::Reference;

@@ -28,6 +28,9 @@ pub enum Plan {
     /// Per destination, what to do.
     Act {
         source_digest: Digest,
+        /// What the destinations must hold: the source digest, or for a row
+        /// with a platform subset, the filtered index's digest.
+        dest_digest: Digest,
         /// Destinations to copy, with the reason for each.
         copy: Vec<(Reference, String)>,
         /// Destinations already at the source digest whose status does not say so yet.
@@ -52,10 +55,12 @@ impl Plan {
 pub const DEFAULT_REQUEUE_AFTER: Duration = Duration::from_secs(3600);
 
 /// Decide what to do with `row`. `dests` has one probe per destination, in the
-/// row's order.
+/// row's order. `filtered` is the digest of the source cut down to the row's
+/// platforms, when that differs from the source's own.
 pub fn plan(
     row: &Row,
     source: &Probe,
+    filtered: Option<&Digest>,
     dests: &[Probe],
     now: SystemTime,
     requeue_after: Duration,
@@ -73,13 +78,14 @@ pub fn plan(
         }
         Probe::Error(e) => return Plan::SourceProblem(format!("cannot read the source: {e}")),
     };
+    let want = filtered.unwrap_or(&source_digest).clone();
     let mut copy = Vec::new();
     let mut mark_synced = Vec::new();
     let mut pending = Vec::new();
     for (dest, probe) in row.mirror.destinations.iter().zip(dests) {
         let status = row.status.get(&dest.to_string());
         let reason = match probe {
-            Probe::Found(d) if *d == source_digest => {
+            Probe::Found(d) if *d == want => {
                 let recorded = status.is_some_and(|s| {
                     s.state == Some(State::Synced) && s.dest_digest.as_ref() == Some(d)
                 });
@@ -87,6 +93,12 @@ pub fn plan(
                     mark_synced.push(dest.clone());
                 }
                 continue;
+            }
+            Probe::Found(d) if want != source_digest => {
+                format!(
+                    "destination holds {d}, the source's platforms {} are {want}",
+                    platforms(row)
+                )
             }
             Probe::Found(d) => format!("destination holds {d}, source is {source_digest}"),
             Probe::Missing => "destination missing".to_string(),
@@ -108,10 +120,21 @@ pub fn plan(
     }
     Plan::Act {
         source_digest,
+        dest_digest: want,
         copy,
         mark_synced,
         pending,
     }
+}
+
+fn platforms(row: &Row) -> String {
+    let list: Vec<String> = row
+        .mirror
+        .platforms
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    list.join(", ")
 }
 
 #[cfg(test)]
@@ -142,7 +165,7 @@ mod tests {
     }
 
     fn run(r: &Row, src: Probe, dests: &[Probe]) -> Plan {
-        plan(r, &src, dests, now(), DEFAULT_REQUEUE_AFTER)
+        plan(r, &src, None, dests, now(), DEFAULT_REQUEUE_AFTER)
     }
 
     #[test]
@@ -243,6 +266,44 @@ mod tests {
                 .copies()
                 .len(),
             1
+        );
+    }
+
+    #[test]
+    fn a_platform_subset_is_compared_by_its_filtered_digest() {
+        let mut r = row(&[A, B]);
+        r.mirror
+            .set_platforms(&["linux/arm64,linux/amd64".into()])
+            .unwrap();
+        let filtered = d(9);
+        let p = plan(
+            &r,
+            &Probe::Found(d(1)),
+            Some(&filtered),
+            &[Probe::Found(d(9)), Probe::Found(d(1))],
+            now(),
+            DEFAULT_REQUEUE_AFTER,
+        );
+        let Plan::Act {
+            source_digest,
+            dest_digest,
+            copy,
+            mark_synced,
+            ..
+        } = &p
+        else {
+            panic!("{p:?}")
+        };
+        assert_eq!((source_digest, dest_digest), (&d(1), &d(9)));
+        assert_eq!(mark_synced.len(), 1);
+        assert_eq!(copy.len(), 1);
+        assert_eq!(
+            copy[0].1,
+            format!(
+                "destination holds {}, the source's platforms linux/amd64, linux/arm64 are {}",
+                d(1),
+                d(9)
+            )
         );
     }
 }

@@ -153,6 +153,21 @@ async fn plan_image(
         };
     };
     let source = probe(engine, &row.mirror.source, Role::Source).await;
+    // A platform subset is compared by its own digest, which only the
+    // source's index can tell (one GET; it is small).
+    let filtered = match (&source, row.mirror.platforms.is_empty()) {
+        (Probe::Found(digest), false) => match subset_digest(engine, &row, digest).await {
+            Ok(d) => d,
+            Err(e) => {
+                return RowPlan {
+                    key,
+                    plan: Ok(Plan::SourceProblem(e.to_string())),
+                    row: Some(row),
+                };
+            }
+        },
+        _ => None,
+    };
     let mut dests = Vec::with_capacity(row.mirror.destinations.len());
     // Destinations only matter when the source is readable.
     if matches!(source, Probe::Found(_)) {
@@ -160,12 +175,37 @@ async fn plan_image(
             dests.push(probe(engine, d, Role::Destination).await);
         }
     }
-    let p = plan(&row, &source, &dests, SystemTime::now(), requeue_after);
+    let p = plan(
+        &row,
+        &source,
+        filtered.as_ref(),
+        &dests,
+        SystemTime::now(),
+        requeue_after,
+    );
     RowPlan {
         key,
         plan: Ok(p),
         row: Some(row),
     }
+}
+
+/// The digest of the row's platform subset of the source at `digest`, or
+/// `None` when the subset is the whole source.
+async fn subset_digest(
+    engine: &Engine,
+    row: &Row,
+    digest: &crate::digest::Digest,
+) -> crate::error::Result<Option<crate::digest::Digest>> {
+    let source = &row.mirror.source;
+    let src = engine
+        .registries()
+        .get(source.registry(), Role::Source)
+        .await?;
+    Ok(engine
+        .select_platforms(&src, source, digest, &row.mirror.platforms)
+        .await?
+        .map(|m| m.digest))
 }
 
 /// A repository row: list its tags, pick them with the row's rule, and plan

@@ -291,6 +291,13 @@ impl DynamoStore {
             }
             None => remove.push("repositories"),
         }
+        if m.platforms.is_empty() {
+            remove.push("platforms");
+        } else {
+            set.push("platforms = :p");
+            let list = m.platforms.iter().map(|p| s(p.to_string())).collect();
+            req = req.expression_attribute_values(":p", AttributeValue::L(list));
+        }
         match m.expires {
             Some(x) => {
                 set.push("expires = :x");
@@ -483,11 +490,23 @@ pub fn row_from_item(item: &HashMap<String, AttributeValue>) -> ScannedRow {
                     .map_err(|e| format!("`tags`: {e}"))?,
             ),
         };
-        if item.contains_key("platforms") {
-            // Copying a subset changes the digest; until that is built, say so
-            // rather than silently mirroring every platform.
-            return Err("`platforms` (a platform subset) is not supported yet; remove it to mirror every platform".into());
-        }
+        let platforms = match item.get("platforms") {
+            None => Vec::new(),
+            Some(AttributeValue::L(items)) => items
+                .iter()
+                .map(|v| match v {
+                    AttributeValue::S(s) => Ok(s.clone()),
+                    _ => Err("`platforms` must be a list of strings such as linux/amd64"),
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+            Some(AttributeValue::Ss(v)) => v.clone(),
+            Some(AttributeValue::S(s)) => vec![s.clone()],
+            Some(_) => {
+                return Err(
+                    "`platforms` must be a list, a string set or a comma-separated string".into(),
+                );
+            }
+        };
         let repositories = match item.get("repositories") {
             None => None,
             Some(v) => Some(
@@ -500,6 +519,7 @@ pub fn row_from_item(item: &HashMap<String, AttributeValue>) -> ScannedRow {
         } else {
             Mirror::new(&key, &dests)?
         };
+        mirror.set_platforms(&platforms)?;
         mirror.enabled = match item.get("enabled") {
             None => true,
             Some(AttributeValue::Bool(b)) => *b,

@@ -11,6 +11,7 @@
 //!       - 123456789012.dkr.ecr.us-east-1.amazonaws.com/golang:1.17
 //!       - 123456789012.dkr.ecr.us-east-2.amazonaws.com/golang:1.17
 //!     overwrite: false     # optional: refuse to move a destination tag
+//!     platforms: [linux/amd64, linux/arm64]  # optional: a subset (new digest)
 //!     enabled: true        # optional
 //! ```
 //!
@@ -24,6 +25,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::digest::Digest;
+use crate::manifest::PlatformSpec;
 use crate::reference::Reference;
 use crate::select::{RepoRules, TagRules};
 
@@ -41,6 +43,10 @@ pub struct Mirror {
     /// row has no `destinations` of its own; [`Mirror::expand`] turns it into
     /// one image row per selected tag.
     pub select: Option<Select>,
+    /// Only these platforms of a multi-platform source (sorted, no
+    /// duplicates); empty means all. The destination then holds a filtered
+    /// index with a digest of its own.
+    pub platforms: Vec<PlatformSpec>,
 }
 
 /// A repository row's tag rule and its targets.
@@ -249,6 +255,7 @@ impl Mirror {
             overwrite: None,
             expires: None,
             select: None,
+            platforms: Vec::new(),
         })
     }
 
@@ -319,7 +326,24 @@ impl Mirror {
                 targets: parsed,
                 repositories,
             }),
+            platforms: Vec::new(),
         })
+    }
+
+    /// Set the platform subset from what a user wrote: each entry one
+    /// platform or a comma-separated list.
+    pub fn set_platforms(&mut self, raw: &[String]) -> Result<(), String> {
+        let mut out: Vec<PlatformSpec> = raw
+            .iter()
+            .flat_map(|p| p.split(','))
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .map(|p| p.parse().map_err(|e| format!("`platforms`: {e}")))
+            .collect::<Result<_, String>>()?;
+        out.sort();
+        out.dedup();
+        self.platforms = out;
+        Ok(())
     }
 
     /// The row's key as users write it: the source, with `/*` for a
@@ -463,6 +487,20 @@ pub struct FileRow {
     pub overwrite: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires: Option<i64>,
+    /// Only these platforms (`linux/amd64`, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub platforms: Option<Platforms>,
+}
+
+/// A list, or one comma-separated string.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(
+    untagged,
+    expecting = "`platforms` must be a list such as [linux/amd64, linux/arm64] or one comma-separated string"
+)]
+pub enum Platforms {
+    List(Vec<String>),
+    One(String),
 }
 
 /// A list, or one comma-separated string, as people write them.
@@ -525,6 +563,15 @@ impl MirrorFile {
             m.enabled = row.enabled.unwrap_or(true);
             m.overwrite = row.overwrite;
             m.expires = row.expires;
+            let platforms = match &row.platforms {
+                None => Vec::new(),
+                Some(Platforms::List(v)) => v.clone(),
+                Some(Platforms::One(one)) => vec![one.clone()],
+            };
+            m.set_platforms(&platforms).map_err(|e| TableError::Parse {
+                path: path.to_string(),
+                message: format!("mirror {} ({}): {e}", i + 1, m.key()),
+            })?;
             out.push(m);
         }
         Ok(out)
@@ -561,6 +608,9 @@ impl MirrorFile {
                     enabled: (!m.enabled).then_some(false),
                     overwrite: m.overwrite,
                     expires: m.expires,
+                    platforms: (!m.platforms.is_empty()).then(|| {
+                        Platforms::List(m.platforms.iter().map(ToString::to_string).collect())
+                    }),
                 })
                 .collect(),
         };
@@ -616,6 +666,12 @@ pub fn render_csv(mirrors: &[Mirror]) -> Result<String, TableError> {
                 m.source
             )));
         }
+        if !m.platforms.is_empty() {
+            return Err(TableError::Invalid(format!(
+                "mirror {} has `platforms`, which CSV cannot hold; export as YAML",
+                m.source
+            )));
+        }
         s.push_str(&m.source.to_string());
         for d in m.destination_names() {
             s.push(',');
@@ -634,6 +690,33 @@ pub fn now_rfc3339() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn platforms_parse_as_a_list_or_a_string_and_carry_into_expanded_rows() {
+        let text = "mirrors:\n  - source: a.example.com/x:1\n    destinations: [b.example.com/x:1]\n    platforms: [linux/arm64, linux/amd64, linux/arm64]\n  - source: a.example.com/y\n    tags: {latest: 1}\n    destinations: [b.example.com/m/]\n    platforms: 'linux/arm/v7, linux/amd64'\n";
+        let m = MirrorFile::parse(text, "m.yaml").unwrap();
+        let shown =
+            |m: &Mirror| -> Vec<String> { m.platforms.iter().map(ToString::to_string).collect() };
+        assert_eq!(shown(&m[0]), ["linux/amd64", "linux/arm64"]);
+        let images = m[1].expand(&["1.0".into()]).unwrap();
+        assert_eq!(shown(&images[0]), ["linux/amd64", "linux/arm/v7"]);
+        // The export reads back the same.
+        assert_eq!(
+            MirrorFile::parse(&MirrorFile::render(&m), "m.yaml").unwrap(),
+            m
+        );
+        let bad = "mirrors:\n  - source: a.example.com/x:1\n    destinations: [b.example.com/x:1]\n    platforms: [amd64]\n";
+        assert_eq!(
+            MirrorFile::parse(bad, "m.yaml").unwrap_err().to_string(),
+            "m.yaml: mirror 1 (a.example.com/x:1): `platforms`: \"amd64\" is not a platform: write os/architecture[/variant], e.g. linux/amd64 or linux/arm/v7"
+        );
+        assert!(
+            render_csv(&m[..1])
+                .unwrap_err()
+                .to_string()
+                .contains("`platforms`")
+        );
+    }
 
     #[test]
     fn repository_rows_expand_to_one_image_per_tag() {

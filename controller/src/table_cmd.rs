@@ -21,6 +21,8 @@ use mirrorfleet_common::table::{Mirror, MirrorFile, Row, ScannedRow, parse_csv, 
       123456789012.dkr.ecr.us-east-1.amazonaws.com/golang:1.17 123456789012.dkr.ecr.us-east-2.amazonaws.com/golang:1.17\n  \
   mirrorfleet-controller table add --table mirrors --semver '>=1.20' --latest 5 golang \\\n      \
       123456789012.dkr.ecr.us-east-1.amazonaws.com/mirror/     # the 5 newest tags >= 1.20, kept as mirror/library/golang\n  \
+  mirrorfleet-controller table add --table mirrors --platform linux/amd64,linux/arm64 nginx:1.27 \\\n      \
+      123456789012.dkr.ecr.us-east-1.amazonaws.com/nginx:1.27   # two platforms only (a filtered index)\n  \
   mirrorfleet-controller table ls --table mirrors --expand   # each image of repository rows\n  \
   mirrorfleet-controller table ls --table mirrors\n  \
   mirrorfleet-controller table import --table mirrors mirrors.yaml\n  \
@@ -44,11 +46,21 @@ enum TableCommand {
         #[arg(required = true, num_args = 1.., value_delimiter = ',')]
         destinations: Vec<String>,
         /// Refuse to move a destination tag that holds another digest.
-        #[arg(long)]
+        #[arg(long, env = "MIRRORFLEET_NO_OVERWRITE")]
         no_overwrite: bool,
         /// Add it disabled (the controller skips it).
-        #[arg(long)]
+        #[arg(long, env = "MIRRORFLEET_DISABLED")]
         disabled: bool,
+        /// Mirror only these platforms of a multi-platform image (repeatable
+        /// or comma-separated: os/arch[/variant]). The destination then holds
+        /// a filtered index whose digest differs from the source's.
+        #[arg(
+            long = "platform",
+            env = "MIRRORFLEET_PLATFORMS",
+            value_name = "OS/ARCH",
+            value_delimiter = ','
+        )]
+        platforms: Vec<String>,
         /// A repository row (SOURCE without a tag): mirror the tags matching
         /// this regex (repeatable); destinations are repositories, or prefixes
         /// ending in `/` under which the source path is kept.
@@ -148,6 +160,7 @@ async fn run(args: TableArgs) -> anyhow::Result<ExitCode> {
             destinations,
             no_overwrite,
             disabled,
+            platforms,
             include_tags,
             exclude_tags,
             semver,
@@ -180,6 +193,7 @@ async fn run(args: TableArgs) -> anyhow::Result<ExitCode> {
             fits_in_an_item(&m)?;
             m.enabled = !disabled;
             m.overwrite = no_overwrite.then_some(false);
+            m.set_platforms(&platforms).map_err(anyhow::Error::msg)?;
             store.put_mirror(&m).await?;
             println!("added {} -> {}", m.key(), m.destination_names().join(", "));
         }
@@ -380,8 +394,19 @@ pub fn list(rows: &[ScannedRow], output: OutputFormat, expand: bool) -> anyhow::
                         .clone()
                         .or_else(|| row.error.clone())
                         .unwrap_or_default();
+                    let platforms: Vec<String> = row
+                        .mirror
+                        .platforms
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect();
+                    let shown = if platforms.is_empty() {
+                        source.clone()
+                    } else {
+                        format!("{source} [{}]", platforms.join(","))
+                    };
                     lines.push(vec![
-                        source.clone(),
+                        shown,
                         d.clone(),
                         state.clone(),
                         digest,
@@ -391,6 +416,7 @@ pub fn list(rows: &[ScannedRow], output: OutputFormat, expand: bool) -> anyhow::
                     json.push(serde_json::json!({
                         "source": source, "destination": d, "state": state,
                         "status": st, "row_error": row.error, "row": r.key,
+                        "platforms": platforms,
                     }));
                 }
             }

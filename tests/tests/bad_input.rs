@@ -9,14 +9,14 @@
 //! in the worker's log). No process may panic, and exit codes are the
 //! documented ones (README, "Exit codes").
 //!
-//! 108 malformed inputs in all:
+//! 109 malformed inputs in all:
 //!
 //! | group                                                   | cases |
 //! | ------------------------------------------------------- | ----- |
 //! | A. `worker copy`: invalid image arguments (exit 2)      |    17 |
 //! | B. `worker copy`: destinations that fail at run time    |     5 |
 //! | C. `table add`: refused before anything is written      |     9 |
-//! | D. DynamoDB rows typed by hand with wrong types         |    17 |
+//! | D. DynamoDB rows typed by hand with wrong types         |    18 |
 //! | E. `table import`: bad YAML and CSV, a huge row         |    24 |
 //! | F. SQS: malformed messages and jobs gone stale          |    17 |
 //! | G. `controller run`: unreadable sources, huge rows      |     7 |
@@ -556,10 +556,15 @@ async fn d_rows_with_wrong_types_are_reported_on_themselves_and_kept() {
             "n12",
             vec![
                 ("destinations", dest(12)),
-                ("platforms", Av::Ss(vec!["linux/amd64".into()])),
+                ("platforms", Av::Ss(vec!["linux/amd64".into(), "amd64".into()])),
             ],
-            "`platforms` (a platform subset) is not supported yet; remove it to mirror every platform"
+            r#"`platforms`: "amd64" is not a platform: write os/architecture[/variant], e.g. linux/amd64 or linux/arm/v7"#
                 .into(),
+        ),
+        (
+            "n12b",
+            vec![("destinations", dest(12)), ("platforms", n("64"))],
+            "`platforms` must be a list, a string set or a comma-separated string".into(),
         ),
         (
             "n13",
@@ -614,7 +619,7 @@ async fn d_rows_with_wrong_types_are_reported_on_themselves_and_kept() {
         assert_eq!(e.message(), Some(message));
     }
     let total = cases.len() + 1 + 2;
-    assert_eq!(total, 17);
+    assert_eq!(total, 18);
 
     // The run reports every bad row on itself and goes on with the good one.
     let (summary, err) = controller_run(&env, 1);
@@ -685,7 +690,7 @@ async fn e_import_refuses_bad_files_whole_and_imports_nothing() {
         (
             "typo.yaml",
             format!("{head}  - source: {other}\n    destination: [{good}]\n").into(),
-            "{p}: mirrors[1]: unknown field `destination`, expected one of `source`, `destinations`, `tags`, `repositories`, `enabled`, `overwrite`, `expires` at line 5 column 5".into(),
+            "{p}: mirrors[1]: unknown field `destination`, expected one of `source`, `destinations`, `tags`, `repositories`, `enabled`, `overwrite`, `expires`, `platforms` at line 5 column 5".into(),
         ),
         (
             "nosource.yaml",

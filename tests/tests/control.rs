@@ -933,3 +933,202 @@ async fn an_ecr_source_is_listed_through_the_ecr_api() {
             .is_err()
     );
 }
+
+/// A row with `platforms`: the destination holds the source's index cut
+/// down to those platforms (their attestations kept, children byte for
+/// byte), its status records both digests, and a second run finds it in
+/// sync instead of copying forever. Asking for every platform keeps the
+/// source digest; asking for one it lacks is a row error.
+#[tokio::test]
+async fn platform_subsets_mirror_a_filtered_index_that_stays_in_sync() {
+    let stack = Stack::get();
+    let repo = unique("platforms");
+    let p = Pusher::new(Target::plain(&stack.src)).unwrap();
+    let mut children = Vec::new();
+    for arch in ["amd64", "arm64", "s390x"] {
+        children.push(
+            p.image(&repo, false, ("linux", arch), &[2000], json!({}))
+                .await
+                .unwrap(),
+        );
+    }
+    for subject in [0, 2] {
+        let mut att = p
+            .image(&repo, false, ("unknown", "unknown"), &[300], json!({}))
+            .await
+            .unwrap();
+        att["annotations"] = json!({
+            "vnd.docker.reference.type": "attestation-manifest",
+            "vnd.docker.reference.digest": children[subject]["digest"].clone(),
+        });
+        children.push(att);
+    }
+    let source_digest = p
+        .index(
+            &repo,
+            "v1",
+            false,
+            children.clone(),
+            json!({"annotations": {"a": "b"}}),
+        )
+        .await
+        .unwrap();
+    for tag in ["v1-all", "v1-none"] {
+        p.index(
+            &repo,
+            tag,
+            false,
+            children.clone(),
+            json!({"annotations": {"a": "b"}}),
+        )
+        .await
+        .unwrap();
+    }
+    let (env, queue, _) = setup(&stack, "platforms").await;
+    // One row from the command line, two from YAML.
+    let (code, out, err) = run(
+        "mirrorfleet-controller",
+        &[
+            "table",
+            "add",
+            "--platform",
+            "linux/arm64,linux/amd64",
+            &format!("{}/{repo}:v1", stack.src),
+            &format!("{}/{repo}-sub:v1", stack.dst),
+        ],
+        &env,
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let file = mirrors_file(
+        "mf-platforms",
+        format!(
+            "mirrors:\n  - source: {0}/{repo}:v1-all\n    destinations: [{1}/{repo}-all:v1]\n    platforms: linux/amd64,linux/arm64,linux/s390x\n  - source: {0}/{repo}:v1-none\n    destinations: [{1}/{repo}-none:v1]\n    platforms: [windows/amd64]\n",
+            stack.src, stack.dst
+        ),
+    );
+    let (code, out, err) = run(
+        "mirrorfleet-controller",
+        &["table", "import", file.to_str().unwrap()],
+        &env,
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    // Exit 1 each time: the row without a matching platform fails.
+    let control = || {
+        let (code, out, err) = run("mirrorfleet-controller", &["run", "--output", "json"], &env);
+        assert_eq!(code, 1, "{out}{err}");
+        serde_json::from_str::<Value>(&out).unwrap()
+    };
+    let summary = control();
+    // The row asking for a platform the source lacks fails; the others are queued.
+    assert_eq!(summary["jobs_enqueued"], 2, "{summary}");
+    assert_eq!(summary["rows_failed"], 1, "{summary}");
+    let (code, out, err) = run(
+        "mirrorfleet-worker",
+        &["consume", "--exit-when-idle", "2s", "--wait", "1s"],
+        &env,
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(queue_depth(&stack, &queue).await, 0);
+
+    let sk = Skopeo::plain();
+    let sub = format!("{}/{repo}-sub:v1", stack.dst);
+    let raw = sk.raw(&sub).unwrap();
+    let got: Value = serde_json::from_slice(&raw).unwrap();
+    // What the source says, minus s390x and its attestation.
+    let mut want: Value =
+        serde_json::from_slice(&sk.raw(&format!("{}/{repo}:v1", stack.src)).unwrap()).unwrap();
+    want["manifests"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|c| c["digest"] != children[2]["digest"] && c["digest"] != children[4]["digest"]);
+    assert_eq!(got, want);
+    let filtered = sha256(&raw);
+    assert_ne!(filtered, source_digest);
+    assert_eq!(sk.digest(&sub).unwrap(), filtered);
+    // Three children, each complete, byte for byte.
+    assert_eq!(
+        sk.assert_tree(&format!("{}/{repo}-sub", stack.dst), &filtered)
+            .unwrap(),
+        4
+    );
+    let dropped = format!(
+        "{}/{repo}-sub@{}",
+        stack.dst,
+        children[2]["digest"].as_str().unwrap()
+    );
+    assert!(sk.raw(&dropped).is_err(), "the s390x image was copied");
+    // Every platform asked for: nothing dropped, the source's own digest.
+    assert_eq!(
+        sk.digest(&format!("{}/{repo}-all:v1", stack.dst)).unwrap(),
+        source_digest
+    );
+
+    let rows = table_json(&env);
+    let sub_row = rows.iter().find(|r| r["destination"] == sub).unwrap();
+    assert_eq!(sub_row["state"], "synced", "{sub_row}");
+    assert_eq!(sub_row["status"]["source_digest"], source_digest.as_str());
+    assert_eq!(sub_row["status"]["dest_digest"], filtered.as_str());
+    assert_eq!(sub_row["platforms"], json!(["linux/amd64", "linux/arm64"]));
+    let none = rows
+        .iter()
+        .find(|r| r["destination"].as_str().unwrap().ends_with("-none:v1"))
+        .unwrap();
+    assert_eq!(
+        none["row_error"],
+        format!(
+            "source image {}/{repo}:v1-none: it has none of the platforms windows/amd64 (only linux/amd64, linux/arm64, linux/s390x)",
+            stack.src
+        )
+        .as_str(),
+        "{none}"
+    );
+
+    // Second run: the filtered digest is what the destination holds, so
+    // nothing is queued.
+    let summary = control();
+    assert_eq!(summary["jobs_enqueued"], 0, "{summary}");
+    assert_eq!(summary["in_sync"], 2, "{summary}");
+    assert_eq!(queue_depth(&stack, &queue).await, 0);
+    // The subset survives an export.
+    let (code, yaml, _) = run("mirrorfleet-controller", &["table", "export"], &env);
+    assert_eq!(code, 0);
+    assert!(
+        yaml.contains("  platforms:\n  - linux/amd64\n  - linux/arm64\n"),
+        "{yaml}"
+    );
+
+    // The ad-hoc copy takes the same subset.
+    let plain = format!("{},{}", stack.src, stack.dst);
+    let one = format!("{}/{repo}-one:v1", stack.dst);
+    let (code, out, err) = run_bin(
+        "mirrorfleet-worker",
+        &[
+            "copy",
+            "--plain-http",
+            &plain,
+            "--platform",
+            "linux/arm64",
+            "--output",
+            "json",
+            &format!("{}/{repo}:v1", stack.src),
+            &one,
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{out}\n{err}");
+    let report: Value = serde_json::from_str(&out).unwrap();
+    let got: Value = serde_json::from_slice(&sk.raw(&one).unwrap()).unwrap();
+    let kept: Vec<&Value> = got["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| &c["digest"])
+        .collect();
+    assert_eq!(kept, vec![&children[1]["digest"]]);
+    assert_eq!(report["source_digest"], source_digest.as_str(), "{report}");
+    assert_eq!(
+        report["destinations"][0]["digest"],
+        sk.digest(&one).unwrap().as_str(),
+        "{report}"
+    );
+}

@@ -11,7 +11,8 @@ use anyhow::Context;
 use clap::{Args, ValueEnum};
 use mirrorfleet_common::cli::{OutputFormat, RegistryArgs, SourceDestArgs, human_bytes, table};
 use mirrorfleet_common::copy::Progress;
-use mirrorfleet_common::{CopyReport, Outcome, Reference};
+use mirrorfleet_common::manifest::PlatformSpec;
+use mirrorfleet_common::{CopyReport, CopyRules, Outcome, Reference};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Args)]
@@ -21,6 +22,8 @@ use tokio_util::sync::CancellationToken;
   # Docker Hub to two ECR regions (repositories are created when missing)\n  \
   mirrorfleet-worker copy golang:1.17 \\\n      \
       123456789012.dkr.ecr.us-east-1.amazonaws.com/golang:1.17,123456789012.dkr.ecr.us-east-2.amazonaws.com/golang:1.17\n\n  \
+  # Only two platforms of a multi-platform image (a filtered index, new digest)\n  \
+  mirrorfleet-worker copy --platform linux/amd64,linux/arm64 nginx:1.27 registry.example.com/nginx:1.27\n\n  \
   # Between two local registries over plain HTTP, summary as JSON\n  \
   mirrorfleet-worker copy --plain-http 127.0.0.1:5001,127.0.0.1:5002 --output json \\\n      \
       127.0.0.1:5001/app:1.0 127.0.0.1:5002/mirror/app:1.0\n\n  \
@@ -39,6 +42,17 @@ pub struct CopyArgs {
     #[arg(long, env = "MIRRORFLEET_OUTPUT", value_enum, default_value_t = OutputFormat::Text)]
     output: OutputFormat,
 
+    /// Copy only these platforms of a multi-platform image (repeatable or
+    /// comma-separated: os/arch[/variant]); the destination gets a filtered
+    /// index with a digest of its own.
+    #[arg(
+        long = "platform",
+        env = "MIRRORFLEET_PLATFORMS",
+        value_name = "OS/ARCH",
+        value_delimiter = ','
+    )]
+    platforms: Vec<String>,
+
     /// Progress bar on stderr: `auto` shows it on a terminal only.
     #[arg(long, env = "MIRRORFLEET_PROGRESS", value_enum, default_value_t = ProgressMode::Auto)]
     progress: ProgressMode,
@@ -55,6 +69,7 @@ enum ProgressMode {
 pub struct Config {
     source: Reference,
     destinations: Vec<Reference>,
+    rules: CopyRules,
     engine: mirrorfleet_common::Engine,
     output: OutputFormat,
     progress: bool,
@@ -64,6 +79,16 @@ impl CopyArgs {
     fn config(self) -> anyhow::Result<Config> {
         let (source, destinations) = self.images.references()?;
         anyhow::ensure!(!destinations.is_empty(), "no destination given");
+        let platforms = self
+            .platforms
+            .iter()
+            .map(|p| p.trim().parse::<PlatformSpec>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(anyhow::Error::msg)?;
+        let rules = CopyRules {
+            overwrite: None,
+            platforms,
+        };
         let engine = self.registry.engine().context("registry configuration")?;
         let progress = match self.progress {
             ProgressMode::Always => true,
@@ -73,6 +98,7 @@ impl CopyArgs {
         Ok(Config {
             source,
             destinations,
+            rules,
             engine,
             output: self.output,
             progress,
@@ -102,7 +128,12 @@ pub async fn run(config: &Config, shutdown: CancellationToken) -> CopyReport {
     tracing::info!(source = %config.source, destinations = config.destinations.len(), "copy started");
     let report = config
         .engine
-        .copy(&config.source, &config.destinations, &shutdown)
+        .copy_with(
+            &config.source,
+            &config.destinations,
+            &config.rules,
+            &shutdown,
+        )
         .await;
     if let Some((bar, task)) = bar {
         task.abort();
