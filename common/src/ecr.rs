@@ -263,6 +263,41 @@ impl Ecr {
 
     /// Every repository of the registry (`DescribeRepositories`, all pages):
     /// ECR has no `/v2/_catalog`.
+    /// Which of `digests` the repository already holds, from
+    /// `BatchCheckLayerAvailability` (100 digests per call, ECR's limit):
+    /// one call instead of a HEAD per blob.
+    pub async fn available_layers(
+        &self,
+        host: &EcrHost,
+        role_arn: Option<&str>,
+        repository: &str,
+        digests: &[crate::digest::Digest],
+    ) -> Result<Vec<crate::digest::Digest>, EcrError> {
+        let client = self.client(&host.region, role_arn).await;
+        let mut out = Vec::new();
+        for chunk in digests.chunks(100) {
+            let answer = client
+                .batch_check_layer_availability()
+                .registry_id(&host.account)
+                .repository_name(repository)
+                .set_layer_digests(Some(chunk.iter().map(ToString::to_string).collect()))
+                .send()
+                .await
+                .map_err(|e| self.list_error("BatchCheckLayerAvailability", host, &e))?;
+            out.extend(
+                answer
+                    .layers()
+                    .iter()
+                    .filter(|l| {
+                        l.layer_availability()
+                            == Some(&aws_sdk_ecr::types::LayerAvailability::Available)
+                    })
+                    .filter_map(|l| l.layer_digest()?.parse().ok()),
+            );
+        }
+        Ok(out)
+    }
+
     pub async fn list_repositories(
         &self,
         host: &EcrHost,

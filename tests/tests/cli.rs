@@ -331,3 +331,139 @@ async fn docker_credential_helper_supplies_the_login() {
         "the password was printed"
     );
 }
+
+/// An ECR destination is asked which blobs it has in one
+/// `BatchCheckLayerAvailability` call: a blob ECR reports is skipped without
+/// a HEAD, the others are HEADed and copied as usual.
+#[tokio::test]
+async fn ecr_destination_skips_the_blobs_ecr_reports_present() {
+    use aws_sdk_ecr::primitives::Blob;
+    let stack = Stack::get();
+    let ecr = moto_ecr(&stack);
+    let env = moto_env(&stack);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let repo = unique("ecr-layers");
+    let shared = random_bytes(3000);
+    let shared_digest = sha256(&shared);
+
+    // The source image: the shared layer and one of its own.
+    let src = Pusher::new(Target::plain(&stack.src)).unwrap();
+    let mut layers = Vec::new();
+    for bytes in [shared.clone(), random_bytes(2000)] {
+        let mut d = src.blob(&repo, &bytes).await.unwrap();
+        d["mediaType"] = json!("application/vnd.oci.image.layer.v1.tar+gzip");
+        layers.push(d);
+    }
+    let own_digest = layers[1]["digest"].as_str().unwrap().to_string();
+    let cfg = src
+        .blob_typed(
+            &repo,
+            br#"{"architecture":"amd64","os":"linux"}"#,
+            "application/vnd.oci.image.config.v1+json",
+        )
+        .await
+        .unwrap();
+    let manifest = serde_json::to_vec(&json!({"schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json", "config": cfg, "layers": layers}))
+    .unwrap();
+    src.manifest(
+        &repo,
+        "v1",
+        "application/vnd.oci.image.manifest.v1+json",
+        &manifest,
+    )
+    .await
+    .unwrap();
+
+    // ECR already holds the shared layer: uploaded through ECR's API (what
+    // BatchCheckLayerAvailability reports) and present in the registry.
+    ecr.create_repository()
+        .repository_name(&repo)
+        .send()
+        .await
+        .unwrap();
+    let upload = ecr
+        .initiate_layer_upload()
+        .repository_name(&repo)
+        .send()
+        .await
+        .unwrap();
+    let id = upload.upload_id().unwrap();
+    ecr.upload_layer_part()
+        .repository_name(&repo)
+        .upload_id(id)
+        .part_first_byte(0)
+        .part_last_byte(shared.len() as i64 - 1)
+        .layer_part_blob(Blob::new(shared.clone()))
+        .send()
+        .await
+        .unwrap();
+    ecr.complete_layer_upload()
+        .repository_name(&repo)
+        .upload_id(id)
+        .layer_digests(&shared_digest)
+        .send()
+        .await
+        .unwrap();
+    let ecr_registry = Pusher::new(Target {
+        creds: Some(stack.ecr_creds.clone()),
+        ..Target::plain(&stack.ecr)
+    })
+    .unwrap();
+    // An older image there shares the layer (the usual case: a base layer).
+    let mut old_layer = ecr_registry.blob(&repo, &shared).await.unwrap();
+    old_layer["mediaType"] = json!("application/vnd.oci.image.layer.v1.tar+gzip");
+    let old_cfg = ecr_registry
+        .blob_typed(
+            &repo,
+            br#"{"architecture":"amd64","os":"linux","old":true}"#,
+            "application/vnd.oci.image.config.v1+json",
+        )
+        .await
+        .unwrap();
+    let old = serde_json::to_vec(&json!({"schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json", "config": old_cfg, "layers": [old_layer]}))
+    .unwrap();
+    ecr_registry
+        .manifest(
+            &repo,
+            "old",
+            "application/vnd.oci.image.manifest.v1+json",
+            &old,
+        )
+        .await
+        .unwrap();
+
+    let settings = ecr_settings(&stack, "");
+    let heads = |digest: &str| count_requests(&stack, "ecr", &["\"HEAD /v2/", &repo, digest]);
+    let (code, out, err) = run_bin(
+        "mirrorfleet-worker",
+        &[
+            "copy",
+            "--registries",
+            settings.to_str().unwrap(),
+            "--output",
+            "json",
+            &format!("{}/{repo}:v1", stack.src),
+            &format!("{ECR_HOST}/{repo}:v1"),
+        ],
+        &env,
+    );
+    assert_eq!(code, 0, "{out}\n{err}");
+    let report: Value = serde_json::from_str(&out).unwrap();
+    let d = &report["destinations"][0];
+    assert_eq!(d["blobs_skipped"], 1, "{report}");
+    assert_eq!(d["blobs_copied"], 2, "{report}");
+    assert_eq!(
+        heads(&shared_digest),
+        0,
+        "the layer ECR reported was HEADed"
+    );
+    assert_eq!(heads(&own_digest), 1, "the other layer was not checked");
+    assert_eq!(
+        ecr_skopeo(&stack)
+            .digest(&format!("{}/{repo}:v1", stack.ecr))
+            .unwrap(),
+        sha256(&manifest)
+    );
+}
