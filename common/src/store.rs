@@ -291,6 +291,13 @@ impl DynamoStore {
             }
             None => remove.push("repositories"),
         }
+        match m.select.as_ref().and_then(|sel| sel.strip.as_ref()) {
+            Some(strip) => {
+                set.push("strip = :s");
+                req = req.expression_attribute_values(":s", s(strip.clone()));
+            }
+            None => remove.push("strip"),
+        }
         if m.platforms.is_empty() {
             remove.push("platforms");
         } else {
@@ -520,6 +527,11 @@ pub fn row_from_item(item: &HashMap<String, AttributeValue>) -> ScannedRow {
             Mirror::new(&key, &dests)?
         };
         mirror.set_platforms(&platforms)?;
+        match item.get("strip") {
+            None => {}
+            Some(AttributeValue::S(strip)) => mirror.set_strip(Some(strip))?,
+            Some(_) => return Err("`strip` must be a string (a leading path such as team)".into()),
+        }
         mirror.enabled = match item.get("enabled") {
             None => true,
             Some(AttributeValue::Bool(b)) => *b,

@@ -12,6 +12,9 @@
 //!       - 123456789012.dkr.ecr.us-east-2.amazonaws.com/golang:1.17
 //!     overwrite: false     # optional: refuse to move a destination tag
 //!     platforms: [linux/amd64, linux/arm64]  # optional: a subset (new digest)
+//!   - source: registry.example.com/team/*   # every repository under team/
+//!     destinations: [123456789012.dkr.ecr.eu-west-1.amazonaws.com/mirror/]
+//!     strip: team                            # team/app -> mirror/app
 //!     enabled: true        # optional
 //! ```
 //!
@@ -57,6 +60,9 @@ pub struct Select {
     /// Set for a registry-wide row (`registry/team/*`): which repositories
     /// of the catalog (full paths, under the row's namespace) to mirror.
     pub repositories: Option<RepoRules>,
+    /// A leading path removed from each source repository before it is
+    /// placed under a prefix (`team` + `team/app` -> `<prefix>/app`).
+    pub strip: Option<String>,
 }
 
 /// Where a selected tag goes.
@@ -84,18 +90,44 @@ impl Target {
         ))
     }
 
-    /// The destination of `source` (a tagged image of the row's repository).
-    pub fn destination(&self, source: &Reference) -> Result<Reference, String> {
+    /// The destination of `source` (a tagged image of the row's
+    /// repository); under a prefix, without the leading path `strip`.
+    pub fn destination(
+        &self,
+        source: &Reference,
+        strip: Option<&str>,
+    ) -> Result<Reference, String> {
         let tag = source.tag().unwrap_or("latest");
         let repo = match self {
             Target::Repository(r) => r.clone(),
             Target::Prefix { registry, path } => {
-                Reference::parse_repository(&format!("{registry}/{path}/{}", source.repository()))
+                let kept = strip_leading(source.repository(), strip);
+                Reference::parse_repository(&format!("{registry}/{path}/{kept}"))
                     .map_err(|e| e.to_string())?
             }
         };
         repo.with_tag(tag).map_err(|e| e.to_string())
     }
+}
+
+/// `repo` without the leading path `strip` (whole segments only); unchanged
+/// when it does not start with it or nothing would be left.
+fn strip_leading<'a>(repo: &'a str, strip: Option<&str>) -> &'a str {
+    match strip.and_then(|s| repo.strip_prefix(s)) {
+        Some(rest) => rest
+            .strip_prefix('/')
+            .filter(|r| !r.is_empty())
+            .unwrap_or(repo),
+        None => repo,
+    }
+}
+
+/// Whether `strip` reaches below the namespace `ns` of a registry-wide row
+/// (`team/legacy` under `team`): it then applies to the repositories there.
+fn leads_namespace(strip: &str, ns: &str) -> bool {
+    strip
+        .strip_prefix(ns)
+        .is_some_and(|rest| rest.starts_with('/'))
 }
 
 impl std::fmt::Display for Target {
@@ -325,6 +357,7 @@ impl Mirror {
                 tags,
                 targets: parsed,
                 repositories,
+                strip: None,
             }),
             platforms: Vec::new(),
         })
@@ -343,6 +376,57 @@ impl Mirror {
         out.sort();
         out.dedup();
         self.platforms = out;
+        Ok(())
+    }
+
+    /// Set the leading path removed before sources are placed under prefix
+    /// destinations. It must lead the row's source path (a registry-wide
+    /// row over a whole registry takes any), so a typo is caught here
+    /// rather than mirroring everything under the full path.
+    pub fn set_strip(&mut self, raw: Option<&str>) -> Result<(), String> {
+        let raw = raw
+            .map(|r| r.trim().trim_matches('/'))
+            .filter(|r| !r.is_empty());
+        let Some(strip) = raw else {
+            if let Some(sel) = &mut self.select {
+                sel.strip = None;
+            }
+            return Ok(());
+        };
+        let source_path = self.source.repository().to_string();
+        let Some(sel) = &mut self.select else {
+            return Err("`strip` needs a row that picks tags or repositories, with prefix destinations (ending in /)".into());
+        };
+        if !sel
+            .targets
+            .iter()
+            .any(|t| matches!(t, Target::Prefix { .. }))
+        {
+            return Err(
+                "`strip` applies to prefix destinations (ending in /), and this row has none"
+                    .into(),
+            );
+        }
+        let leads = |path: &str| {
+            path == strip
+                || path
+                    .strip_prefix(strip)
+                    .is_some_and(|rest| rest.starts_with('/'))
+        };
+        let wide = sel.repositories.is_some();
+        if wide && source_path.is_empty() {
+            // `registry/*`: repositories outside `strip` keep their path.
+        } else if !leads(&source_path) && !(wide && leads_namespace(strip, &source_path)) {
+            return Err(format!(
+                "`strip`: {strip} is not a leading part of the source path {source_path}"
+            ));
+        }
+        if !wide && source_path == strip {
+            return Err(format!(
+                "`strip`: {strip} is the whole repository path; use a repository destination (without /) instead"
+            ));
+        }
+        sel.strip = Some(strip.to_string());
         Ok(())
     }
 
@@ -420,7 +504,7 @@ impl Mirror {
             let destinations = sel
                 .targets
                 .iter()
-                .map(|t| t.destination(&source))
+                .map(|t| t.destination(&source, sel.strip.as_deref()))
                 .collect::<Result<Vec<_>, _>>()?;
             out.push(Mirror {
                 source,
@@ -452,10 +536,10 @@ impl Mirror {
                 .tag()
                 .is_some_and(|t| sel.tags.compile().is_ok_and(|c| c.matches(t)));
         tag_ok
-            && sel
-                .targets
-                .iter()
-                .any(|t| t.destination(source).is_ok_and(|d| &d == dest))
+            && sel.targets.iter().any(|t| {
+                t.destination(source, sel.strip.as_deref())
+                    .is_ok_and(|d| &d == dest)
+            })
     }
 }
 
@@ -481,6 +565,9 @@ pub struct FileRow {
     /// For a registry-wide source (`registry/team/*`): which repositories.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub repositories: Option<RepoRules>,
+    /// A leading path dropped before sources go under prefix destinations.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strip: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enabled: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -568,10 +655,12 @@ impl MirrorFile {
                 Some(Platforms::List(v)) => v.clone(),
                 Some(Platforms::One(one)) => vec![one.clone()],
             };
-            m.set_platforms(&platforms).map_err(|e| TableError::Parse {
-                path: path.to_string(),
-                message: format!("mirror {} ({}): {e}", i + 1, m.key()),
-            })?;
+            m.set_platforms(&platforms)
+                .and_then(|()| m.set_strip(row.strip.as_deref()))
+                .map_err(|e| TableError::Parse {
+                    path: path.to_string(),
+                    message: format!("mirror {} ({}): {e}", i + 1, m.key()),
+                })?;
             out.push(m);
         }
         Ok(out)
@@ -605,6 +694,7 @@ impl MirrorFile {
                         .as_ref()
                         .and_then(|s| s.repositories.clone())
                         .filter(|r| !r.is_empty()),
+                    strip: m.select.as_ref().and_then(|s| s.strip.clone()),
                     enabled: (!m.enabled).then_some(false),
                     overwrite: m.overwrite,
                     expires: m.expires,
@@ -716,6 +806,83 @@ mod tests {
                 .to_string()
                 .contains("`platforms`")
         );
+    }
+
+    #[test]
+    fn strip_drops_a_leading_path_under_prefixes() {
+        let parse = |yaml: &str| MirrorFile::parse(&format!("mirrors:\n{yaml}"), "m.yaml");
+        let dests = |m: &Mirror, repo: Option<&str>, tag: &str| -> Vec<String> {
+            let m = match repo {
+                Some(r) => m.for_repository(r).unwrap(),
+                None => m.clone(),
+            };
+            m.expand(&[tag.into()]).unwrap()[0]
+                .destinations
+                .iter()
+                .map(ToString::to_string)
+                .collect()
+        };
+        let repo_row = &parse("  - source: r.example.com/team/app\n    tags: {}\n    destinations: [e.example.com/mirror/, e.example.com/copy/x]\n    strip: /team/\n").unwrap()[0];
+        assert_eq!(
+            dests(repo_row, None, "1"),
+            ["e.example.com/mirror/app:1", "e.example.com/copy/x:1"]
+        );
+        let image = repo_row.expand(&["1".into()]).unwrap().remove(0);
+        assert!(repo_row.covers(&image.source, &image.destinations[0]));
+        assert!(!repo_row.covers(
+            &image.source,
+            &"e.example.com/mirror/team/app:1".parse().unwrap()
+        ));
+
+        let ns = &parse("  - source: r.example.com/team/*\n    destinations: [e.example.com/m/]\n    strip: team\n").unwrap()[0];
+        assert_eq!(dests(ns, Some("team/a/b"), "1"), ["e.example.com/m/a/b:1"]);
+        let deeper = &parse("  - source: r.example.com/team/*\n    destinations: [e.example.com/m/]\n    strip: team/legacy\n").unwrap()[0];
+        assert_eq!(
+            dests(deeper, Some("team/legacy/a"), "1"),
+            ["e.example.com/m/a:1"]
+        );
+        assert_eq!(
+            dests(deeper, Some("team/new"), "1"),
+            ["e.example.com/m/team/new:1"]
+        );
+        let all = &parse("  - source: r.example.com/*\n    destinations: [e.example.com/m/]\n    strip: library\n").unwrap()[0];
+        assert_eq!(dests(all, Some("library/x"), "1"), ["e.example.com/m/x:1"]);
+        assert_eq!(
+            dests(all, Some("libraryx/y"), "1"),
+            ["e.example.com/m/libraryx/y:1"]
+        );
+        // Round trip.
+        let rows = vec![repo_row.clone(), ns.clone(), all.clone()];
+        assert_eq!(
+            MirrorFile::parse(&MirrorFile::render(&rows), "m.yaml").unwrap(),
+            rows
+        );
+
+        for (yaml, message) in [
+            (
+                "  - source: r.example.com/a:1\n    destinations: [e.example.com/a:1]\n    strip: a\n",
+                "`strip` needs a row that picks tags or repositories, with prefix destinations (ending in /)",
+            ),
+            (
+                "  - source: r.example.com/team/app\n    tags: {}\n    destinations: [e.example.com/m/]\n    strip: teem\n",
+                "`strip`: teem is not a leading part of the source path team/app",
+            ),
+            (
+                "  - source: r.example.com/team/app\n    tags: {}\n    destinations: [e.example.com/m/]\n    strip: tea\n",
+                "`strip`: tea is not a leading part of the source path team/app",
+            ),
+            (
+                "  - source: r.example.com/team/app\n    tags: {}\n    destinations: [e.example.com/m/]\n    strip: team/app\n",
+                "`strip`: team/app is the whole repository path; use a repository destination (without /) instead",
+            ),
+            (
+                "  - source: r.example.com/team/app\n    tags: {}\n    destinations: [e.example.com/m/x]\n    strip: team\n",
+                "`strip` applies to prefix destinations (ending in /), and this row has none",
+            ),
+        ] {
+            let e = parse(yaml).unwrap_err().to_string();
+            assert!(e.ends_with(message), "{e}");
+        }
     }
 
     #[test]

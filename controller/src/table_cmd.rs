@@ -21,6 +21,8 @@ use mirrorfleet_common::table::{Mirror, MirrorFile, Row, ScannedRow, parse_csv, 
       123456789012.dkr.ecr.us-east-1.amazonaws.com/golang:1.17 123456789012.dkr.ecr.us-east-2.amazonaws.com/golang:1.17\n  \
   mirrorfleet-controller table add --table mirrors --semver '>=1.20' --latest 5 golang \\\n      \
       123456789012.dkr.ecr.us-east-1.amazonaws.com/mirror/     # the 5 newest tags >= 1.20, kept as mirror/library/golang\n  \
+  mirrorfleet-controller table add --table mirrors --strip team 'harbor.example.com/team/*' \\\n      \
+      123456789012.dkr.ecr.us-east-1.amazonaws.com/migrated/   # team/app -> migrated/app\n  \
   mirrorfleet-controller table add --table mirrors --platform linux/amd64,linux/arm64 nginx:1.27 \\\n      \
       123456789012.dkr.ecr.us-east-1.amazonaws.com/nginx:1.27   # two platforms only (a filtered index)\n  \
   mirrorfleet-controller table ls --table mirrors --expand   # each image of repository rows\n  \
@@ -95,6 +97,10 @@ enum TableCommand {
             value_name = "GLOB"
         )]
         exclude_repos: Vec<String>,
+        /// A row with prefix destinations: drop this leading path of each
+        /// source repository (`--strip team`: team/app -> PREFIX/app).
+        #[arg(long, env = "MIRRORFLEET_STRIP", value_name = "PATH")]
+        strip: Option<String>,
         /// A repository row: only the newest N tags (by semver).
         #[arg(long, env = "MIRRORFLEET_LATEST", value_name = "N")]
         latest: Option<usize>,
@@ -167,6 +173,7 @@ async fn run(args: TableArgs) -> anyhow::Result<ExitCode> {
             latest,
             include_repos,
             exclude_repos,
+            strip,
         } => {
             let rules = TagRules {
                 include: include_tags,
@@ -194,6 +201,7 @@ async fn run(args: TableArgs) -> anyhow::Result<ExitCode> {
             m.enabled = !disabled;
             m.overwrite = no_overwrite.then_some(false);
             m.set_platforms(&platforms).map_err(anyhow::Error::msg)?;
+            m.set_strip(strip.as_deref()).map_err(anyhow::Error::msg)?;
             store.put_mirror(&m).await?;
             println!("added {} -> {}", m.key(), m.destination_names().join(", "));
         }

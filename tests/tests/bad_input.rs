@@ -9,14 +9,14 @@
 //! in the worker's log). No process may panic, and exit codes are the
 //! documented ones (README, "Exit codes").
 //!
-//! 109 malformed inputs in all:
+//! 110 malformed inputs in all:
 //!
 //! | group                                                   | cases |
 //! | ------------------------------------------------------- | ----- |
 //! | A. `worker copy`: invalid image arguments (exit 2)      |    17 |
 //! | B. `worker copy`: destinations that fail at run time    |     5 |
 //! | C. `table add`: refused before anything is written      |     9 |
-//! | D. DynamoDB rows typed by hand with wrong types         |    18 |
+//! | D. DynamoDB rows typed by hand with wrong types         |    19 |
 //! | E. `table import`: bad YAML and CSV, a huge row         |    24 |
 //! | F. SQS: malformed messages and jobs gone stale          |    17 |
 //! | G. `controller run`: unreadable sources, huge rows      |     7 |
@@ -567,6 +567,11 @@ async fn d_rows_with_wrong_types_are_reported_on_themselves_and_kept() {
             "`platforms` must be a list, a string set or a comma-separated string".into(),
         ),
         (
+            "n12c",
+            vec![("destinations", dest(12)), ("strip", n("1"))],
+            "`strip` must be a string (a leading path such as team)".into(),
+        ),
+        (
             "n13",
             vec![("destinations", s(&format!("{}/{repo}/App:1", stack.dst)))],
             format!(
@@ -619,7 +624,7 @@ async fn d_rows_with_wrong_types_are_reported_on_themselves_and_kept() {
         assert_eq!(e.message(), Some(message));
     }
     let total = cases.len() + 1 + 2;
-    assert_eq!(total, 18);
+    assert_eq!(total, 19);
 
     // The run reports every bad row on itself and goes on with the good one.
     let (summary, err) = controller_run(&env, 1);
@@ -690,7 +695,7 @@ async fn e_import_refuses_bad_files_whole_and_imports_nothing() {
         (
             "typo.yaml",
             format!("{head}  - source: {other}\n    destination: [{good}]\n").into(),
-            "{p}: mirrors[1]: unknown field `destination`, expected one of `source`, `destinations`, `tags`, `repositories`, `enabled`, `overwrite`, `expires`, `platforms` at line 5 column 5".into(),
+            "{p}: mirrors[1]: unknown field `destination`, expected one of `source`, `destinations`, `tags`, `repositories`, `strip`, `enabled`, `overwrite`, `expires`, `platforms` at line 5 column 5".into(),
         ),
         (
             "nosource.yaml",

@@ -838,6 +838,24 @@ async fn registry_wide_rows_mirror_every_picked_repository() {
             .is_err(),
         "an excluded repository was mirrored"
     );
+
+    // The same row with `strip`: the namespace is dropped under the prefix.
+    let flat = unique("flat");
+    std::fs::write(
+        &file,
+        format!(
+            "mirrors:\n  - source: {0}/{ns}/*\n    repositories: {{exclude: ['{ns}/tmp-*']}}\n    tags: {{latest: 1}}\n    destinations: [{1}/{flat}/]\n    strip: {ns}\n",
+            stack.src, stack.dst
+        ),
+    )
+    .unwrap();
+    let v = sync_json(&stack, &file);
+    assert_eq!(v["plan"]["jobs_enqueued"], 2, "{v}");
+    for (repo, digest) in &want {
+        let name = repo.strip_prefix(&format!("{ns}/")).unwrap();
+        let dest = format!("{}/{flat}/{name}:2.0", stack.dst);
+        assert_eq!(&sk.digest(&dest).unwrap(), digest, "{dest}");
+    }
 }
 
 /// A registry-wide row whose source is ECR: repositories come from
