@@ -414,9 +414,11 @@ impl Mirror {
                     .is_some_and(|rest| rest.starts_with('/'))
         };
         let wide = sel.repositories.is_some();
-        if wide && source_path.is_empty() {
-            // `registry/*`: repositories outside `strip` keep their path.
-        } else if !leads(&source_path) && !(wide && leads_namespace(strip, &source_path)) {
+        // On `registry/*` any path goes: repositories outside it keep theirs.
+        let fits = (wide && source_path.is_empty())
+            || leads(&source_path)
+            || (wide && leads_namespace(strip, &source_path));
+        if !fits {
             return Err(format!(
                 "`strip`: {strip} is not a leading part of the source path {source_path}"
             ));
