@@ -300,6 +300,7 @@ async fn handle(
             Outcome::Copied | Outcome::InSync => {
                 st.state = Some(State::Synced);
                 st.dest_digest = d.digest.clone();
+                st.platforms = row.mirror.platforms_key();
                 st.last_success = Some(finished.clone());
                 st.bytes_copied = d.bytes_copied;
                 st.error = None;

@@ -88,6 +88,7 @@ pub async fn apply(
                         st.state = Some(State::Synced);
                         st.source_digest = Some(source_digest.clone());
                         st.dest_digest = Some(dest_digest.clone());
+                        st.platforms = row.mirror.platforms_key();
                         st.error = None;
                         note(store.update_status(&rp.key, &key, &st).await, &rp.key);
                     }

@@ -127,6 +127,29 @@ pub fn plan(
     }
 }
 
+/// The digest of the row's platform subset of `source_digest`, when the
+/// statuses already tell it: every destination synced from that source
+/// digest with the same subset, to one digest. The controller then skips the
+/// GET of the source index (a pull, where registries count pulls).
+pub fn known_subset_digest(row: &Row, source_digest: &Digest) -> Option<Digest> {
+    let subset = row.mirror.platforms_key()?;
+    let mut known: Option<Digest> = None;
+    for d in &row.mirror.destinations {
+        let st = row.status.get(&d.to_string())?;
+        if st.state != Some(State::Synced)
+            || st.source_digest.as_ref() != Some(source_digest)
+            || st.platforms.as_deref() != Some(subset.as_str())
+        {
+            return None;
+        }
+        let digest = st.dest_digest.as_ref()?;
+        if known.get_or_insert_with(|| digest.clone()) != digest {
+            return None;
+        }
+    }
+    known
+}
+
 fn platforms(row: &Row) -> String {
     let list: Vec<String> = row
         .mirror
@@ -267,6 +290,35 @@ mod tests {
                 .len(),
             1
         );
+    }
+
+    #[test]
+    fn a_known_subset_digest_needs_every_destination_synced_from_the_same_source_and_subset() {
+        let mut r = row(&[A, B]);
+        let synced = |subset: &str, src: u8, dst: u8| DestStatus {
+            state: Some(State::Synced),
+            source_digest: Some(d(src)),
+            dest_digest: Some(d(dst)),
+            platforms: Some(subset.into()),
+            ..Default::default()
+        };
+        let key = |s: &str| s.parse::<Reference>().unwrap().to_string();
+        // No subset on the row: nothing to know.
+        r.status.insert(key(A), synced("linux/amd64", 1, 9));
+        r.status.insert(key(B), synced("linux/amd64", 1, 9));
+        assert_eq!(known_subset_digest(&r, &d(1)), None);
+        r.mirror.set_platforms(&["linux/amd64".into()]).unwrap();
+        assert_eq!(known_subset_digest(&r, &d(1)), Some(d(9)));
+        // A new source digest, another subset, a destination not synced,
+        // or two different results: read the source again.
+        assert_eq!(known_subset_digest(&r, &d(2)), None);
+        r.mirror.set_platforms(&["linux/arm64".into()]).unwrap();
+        assert_eq!(known_subset_digest(&r, &d(1)), None);
+        r.mirror.set_platforms(&["linux/amd64".into()]).unwrap();
+        r.status.insert(key(B), synced("linux/amd64", 1, 8));
+        assert_eq!(known_subset_digest(&r, &d(1)), None);
+        r.status.remove(&key(B));
+        assert_eq!(known_subset_digest(&r, &d(1)), None);
     }
 
     #[test]

@@ -9,7 +9,7 @@ use tokio::sync::Semaphore;
 
 use crate::copy::Engine;
 use crate::ecr::EcrHost;
-use crate::plan::{Plan, Probe, plan};
+use crate::plan::{Plan, Probe, known_subset_digest, plan};
 use crate::reference::Reference;
 use crate::registries::Role;
 use crate::store::{Store, StoreError};
@@ -154,17 +154,20 @@ async fn plan_image(
     };
     let source = probe(engine, &row.mirror.source, Role::Source).await;
     // A platform subset is compared by its own digest, which only the
-    // source's index can tell (one GET; it is small).
+    // source's index can tell (one GET), unless the statuses already do.
     let filtered = match (&source, row.mirror.platforms.is_empty()) {
-        (Probe::Found(digest), false) => match subset_digest(engine, &row, digest).await {
-            Ok(d) => d,
-            Err(e) => {
-                return RowPlan {
-                    key,
-                    plan: Ok(Plan::SourceProblem(e.to_string())),
-                    row: Some(row),
-                };
-            }
+        (Probe::Found(digest), false) => match known_subset_digest(&row, digest) {
+            Some(known) => Some(known),
+            None => match subset_digest(engine, &row, digest).await {
+                Ok(d) => d,
+                Err(e) => {
+                    return RowPlan {
+                        key,
+                        plan: Ok(Plan::SourceProblem(e.to_string())),
+                        row: Some(row),
+                    };
+                }
+            },
         },
         _ => None,
     };

@@ -656,6 +656,7 @@ fn status_to_attr(st: &DestStatus) -> AttributeValue {
     opt(&mut m, "last_success", st.last_success.clone());
     opt(&mut m, "queued_at", st.queued_at.clone());
     opt(&mut m, "error", st.error.clone());
+    opt(&mut m, "platforms", st.platforms.clone());
     m.insert(
         "bytes_copied".into(),
         AttributeValue::N(st.bytes_copied.to_string()),
@@ -692,6 +693,7 @@ fn status_from_attr(m: &HashMap<String, AttributeValue>) -> DestStatus {
         bytes_copied: num("bytes_copied"),
         attempts: num("attempts"),
         error: get("error"),
+        platforms: get("platforms"),
     }
 }
 
@@ -1018,6 +1020,7 @@ mod tests {
             bytes_copied: 12,
             attempts: 3,
             error: Some("login refused".into()),
+            platforms: Some("linux/amd64,linux/arm64".into()),
         };
         let AttributeValue::M(m) = status_to_attr(&st) else {
             panic!()

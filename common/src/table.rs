@@ -182,6 +182,11 @@ pub struct DestStatus {
     pub attempts: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The platform subset `dest_digest` was cut to (`linux/amd64,linux/arm64`),
+    /// so the controller knows the subset's digest without reading the
+    /// source index again while the source is unchanged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub platforms: Option<String>,
 }
 
 /// A row as stored: the mirror, plus status per destination (keyed by the
@@ -430,6 +435,12 @@ impl Mirror {
         }
         sel.strip = Some(strip.to_string());
         Ok(())
+    }
+
+    /// The platform subset as recorded in a status (`None`: every platform).
+    pub fn platforms_key(&self) -> Option<String> {
+        let list: Vec<String> = self.platforms.iter().map(ToString::to_string).collect();
+        (!list.is_empty()).then(|| list.join(","))
     }
 
     /// The row's key as users write it: the source, with `/*` for a

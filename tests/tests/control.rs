@@ -1086,6 +1086,7 @@ async fn platform_subsets_mirror_a_filtered_index_that_stays_in_sync() {
     assert_eq!(sub_row["state"], "synced", "{sub_row}");
     assert_eq!(sub_row["status"]["source_digest"], source_digest.as_str());
     assert_eq!(sub_row["status"]["dest_digest"], filtered.as_str());
+    assert_eq!(sub_row["status"]["platforms"], "linux/amd64,linux/arm64");
     assert_eq!(sub_row["platforms"], json!(["linux/amd64", "linux/arm64"]));
     let none = rows
         .iter()
@@ -1102,8 +1103,22 @@ async fn platform_subsets_mirror_a_filtered_index_that_stays_in_sync() {
     );
 
     // Second run: the filtered digest is what the destination holds, so
-    // nothing is queued.
+    // nothing is queued; the statuses tell that digest, so the source index
+    // is not even read again (HEAD only, no GET that would count as a pull).
+    let gets = || {
+        count_requests(
+            &stack,
+            "src",
+            &["\"GET /v2/", &format!("/{repo}/manifests/")],
+        )
+    };
+    let gets_before = gets();
     let summary = control();
+    assert_eq!(
+        gets(),
+        gets_before + 1,
+        "only the failing row's index is read"
+    );
     assert_eq!(summary["jobs_enqueued"], 0, "{summary}");
     assert_eq!(summary["in_sync"], 2, "{summary}");
     assert_eq!(queue_depth(&stack, &queue).await, 0);
