@@ -368,8 +368,7 @@ impl Engine {
         };
         let (source_digest, pushed) = match result {
             Ok(resolved) => {
-                // Signatures of the source's index do not sign a filtered one.
-                if self.options.referrers && resolved.pushed == resolved.digest {
+                if self.options.referrers {
                     tokio::select! {
                         () = self.copy_referrers(source, &resolved, &dests, &bytes_read) => {}
                         _ = cancel.cancelled() => {
@@ -413,13 +412,18 @@ impl Engine {
     ) -> Result<Resolved> {
         let overwrite = rules.overwrite.unwrap_or(self.options.overwrite);
         let src = self.registries.get(source.registry(), Role::Source).await?;
-        let src_digest = match source.digest() {
-            Some(d) => d.clone(),
+        let (src_digest, index) = match source.digest() {
+            Some(d) => (d.clone(), None),
             None => {
-                src.head_manifest(source.repository(), &source.manifest_ref())
+                let head = src
+                    .head_manifest(source.repository(), &source.manifest_ref())
                     .await?
-                    .ok_or_else(|| Error::SourceMissing(source.to_string()))?
-                    .digest
+                    .ok_or_else(|| Error::SourceMissing(source.to_string()))?;
+                let index = matches!(
+                    head.media_type.as_str(),
+                    crate::manifest::OCI_INDEX | crate::manifest::DOCKER_LIST
+                );
+                (head.digest, Some(index))
             }
         };
         tracing::debug!(%source, digest = %src_digest, "source resolved");
@@ -427,9 +431,11 @@ impl Engine {
             .select_platforms(&src, source, &src_digest, &rules.platforms)
             .await?;
         let want = top.as_ref().map_or(&src_digest, |m| &m.digest).clone();
-        let resolved = Resolved {
+        let mut resolved = Resolved {
             pushed: want.clone(),
             digest: src_digest,
+            top: top.clone(),
+            index,
         };
 
         // 1. Destinations: resolve, create ECR repositories, compare digests.
@@ -457,8 +463,10 @@ impl Engine {
             Some(m) => Root::Manifest(m),
             None => Root::Digest(resolved.digest.clone()),
         };
-        self.transfer_tree(&src, source.repository(), root, dests, bytes_read)
+        let mut tree = self
+            .transfer_tree(&src, source.repository(), root, dests, bytes_read)
             .await?;
+        resolved.top = tree.pop();
         Ok(resolved)
     }
 
@@ -1018,11 +1026,22 @@ impl Engine {
     }
 }
 
+fn is_attestation(d: &Descriptor) -> bool {
+    d.annotations
+        .get("vnd.docker.reference.type")
+        .is_some_and(|t| t == "attestation-manifest")
+}
+
 /// What the source reference resolved to.
 struct Resolved {
     digest: Digest,
     /// The top manifest pushed: `digest`, or a platform subset's own.
     pushed: Digest,
+    /// That manifest, when this copy read it (a copy of nothing but
+    /// in-sync destinations may not have).
+    top: Option<Manifest>,
+    /// Whether the source is an index, when its HEAD said.
+    index: Option<bool>,
 }
 
 /// Where a manifest tree starts: a digest at the source, or a manifest
@@ -1079,11 +1098,35 @@ impl Engine {
         };
         let repo = source.repository();
 
-        // The digest the tag points at: what `cosign sign image:tag` signs and
-        // what attestations name. Per-platform signatures (`cosign sign
-        // --recursive`) would cost ~5 requests per platform on every copy,
-        // so they are not followed.
-        let subjects = vec![resolved.digest.clone()];
+        // The digest the tag points at (what `cosign sign image:tag` signs
+        // and attestations name), unless a platform subset replaced it (its
+        // signatures sign the other digest), and each platform's image of an
+        // index (`cosign sign --recursive`). Attestation manifests are data
+        // about an image, not images: not followed, to save requests.
+        let mut subjects = Vec::new();
+        if resolved.pushed == resolved.digest {
+            subjects.push(resolved.digest.clone());
+        }
+        let top = match (&resolved.top, resolved.index) {
+            (Some(m), _) => Some(m.clone()),
+            // A single image has no platforms to look under.
+            (None, Some(false)) => None,
+            (None, _) => match src.get_manifest(repo, &resolved.digest.to_string()).await {
+                Ok(m) => Some(m),
+                Err(e) => {
+                    warn_all(format!("referrers of the platforms not copied: {e}"));
+                    None
+                }
+            },
+        };
+        if let Some(top) = &top {
+            subjects.extend(
+                top.children()
+                    .iter()
+                    .filter(|c| !is_attestation(c))
+                    .map(|c| c.digest.clone()),
+            );
+        }
         let mut queue: VecDeque<(Digest, usize)> = subjects.into_iter().map(|d| (d, 0)).collect();
         let mut seen: HashSet<Digest> = queue.iter().map(|(d, _)| d.clone()).collect();
         while let Some((subject, depth)) = queue.pop_front() {

@@ -270,3 +270,75 @@ async fn referrers_api_is_followed_and_filtered() {
     assert!(sk.raw(&format!("{other}:v1")).is_ok());
     assert!(sk.raw(&format!("{other}@{sbom_digest}")).is_err());
 }
+
+/// `cosign sign --recursive`: each platform's image carries a signature of
+/// its own. They travel with the index; a platform subset takes only its
+/// platforms' signatures, not the index's (which signs another digest).
+#[tokio::test]
+async fn per_platform_signatures_travel_and_a_subset_takes_only_its_own() {
+    let stack = Stack::get();
+    let repo = unique("signed-each");
+    let image = push_image(&stack, &repo, "v1").await;
+    let p = Pusher::new(Target::plain(&stack.src)).unwrap();
+    let sk = Skopeo::plain();
+    let index: Value =
+        serde_json::from_slice(&sk.raw(&format!("{}/{repo}@{image}", stack.src)).unwrap()).unwrap();
+    let children: Vec<(String, String)> = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["platform"]["architecture"].as_str().unwrap().to_string(),
+                c["digest"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let mut sigs = HashMap::new();
+    for subject in std::iter::once(&image).chain(children.iter().map(|(_, d)| d)) {
+        let sig = push_artifact(&p, &repo, COSIGN_SIG, COSIGN_SIG, None).await;
+        let tag = format!("{}.sig", tag_form(subject));
+        p.manifest(&repo, &tag, OCI_MANIFEST, &sig).await.unwrap();
+        sigs.insert(subject.clone(), (tag, sha256(&sig)));
+    }
+    let plain = [stack.src.as_str(), stack.dst.as_str()];
+    let src = format!("{}/{repo}:v1", stack.src);
+
+    let all = format!("{}/{repo}-all", stack.dst);
+    let r = copy(
+        &engine(&plain, CopyOptions::default()),
+        &src,
+        &format!("{all}:v1"),
+    )
+    .await;
+    let d = &r.destinations[0];
+    assert_eq!(d.outcome, Outcome::Copied, "{:?}", d.error);
+    assert!(d.warnings.is_empty(), "{:?}", d.warnings);
+    assert_eq!(d.referrers_copied, 3, "the index's and each platform's");
+    for (tag, digest) in sigs.values() {
+        assert_eq!(&sk.digest(&format!("{all}:{tag}")).unwrap(), digest);
+    }
+
+    let arm = &children.iter().find(|(a, _)| a == "arm64").unwrap().1;
+    let amd = &children.iter().find(|(a, _)| a == "amd64").unwrap().1;
+    let subset = format!("{}/{repo}-arm", stack.dst);
+    let rules = mirrorfleet_common::CopyRules {
+        overwrite: None,
+        platforms: vec!["linux/arm64".parse().unwrap()],
+    };
+    let r = engine(&plain, CopyOptions::default())
+        .copy_with(
+            &src.parse().unwrap(),
+            &[format!("{subset}:v1").parse().unwrap()],
+            &rules,
+            &tokio_util::sync::CancellationToken::new(),
+        )
+        .await;
+    let d = &r.destinations[0];
+    assert_eq!(d.outcome, Outcome::Copied, "{:?}", d.error);
+    assert_eq!(d.referrers_copied, 1, "{d:?}");
+    let (arm_tag, arm_sig) = &sigs[arm];
+    assert_eq!(&sk.digest(&format!("{subset}:{arm_tag}")).unwrap(), arm_sig);
+    assert!(sk.raw(&format!("{subset}:{}", sigs[amd].0)).is_err());
+    assert!(sk.raw(&format!("{subset}:{}", sigs[&image].0)).is_err());
+}
