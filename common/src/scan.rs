@@ -2,7 +2,6 @@
 //! destination (HEAD does not count against Docker Hub's pull limit), and
 //! decide with [`crate::plan::plan`].
 
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::Semaphore;
@@ -26,12 +25,34 @@ pub struct EventFilter {
 
 impl EventFilter {
     pub fn matches(&self, source: &Reference) -> bool {
+        self.same_repository(source) && source.tag() == Some(self.tag.as_str())
+    }
+
+    fn same_repository(&self, source: &Reference) -> bool {
         source.repository() == self.repository
-            && source.tag() == Some(self.tag.as_str())
             && self
                 .registry
                 .as_deref()
                 .is_none_or(|r| r == source.registry())
+    }
+
+    /// For a push of a signature, attestation or SBOM under its tag
+    /// (`sha256-<hex>`, `.sig`, `.att`, `.sbom`): the digest it is about.
+    pub fn referrer_subject(&self) -> Option<String> {
+        let stem = COSIGN_SUFFIXES
+            .iter()
+            .find_map(|s| self.tag.strip_suffix(s))
+            .unwrap_or(&self.tag);
+        let hex = stem.strip_prefix("sha256-")?;
+        (hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
+            .then(|| format!("sha256:{hex}"))
+    }
+
+    /// Whether the event concerns the image `source`: its own push, or a
+    /// referrer pushed next to it (whose subject is checked once its
+    /// digest is known).
+    pub fn concerns(&self, source: &Reference) -> bool {
+        self.matches(source) || (self.referrer_subject().is_some() && self.same_repository(source))
     }
 
     /// Read an EventBridge "ECR Image Action" event (the whole event, or its
@@ -65,6 +86,66 @@ impl EventFilter {
     }
 }
 
+/// How a scan runs.
+#[derive(Debug, Clone)]
+pub struct ScanOptions {
+    /// Parallel DynamoDB scan segments.
+    pub segments: u32,
+    /// HEAD requests in flight at once.
+    pub concurrency: usize,
+    /// See [`crate::plan::DEFAULT_REQUEUE_AFTER`].
+    pub requeue_after: Duration,
+    /// For images in sync, also compare their referrer tags (tag schema
+    /// index and cosign's) at both ends, so a signature added later to an
+    /// unchanged image is copied: four HEADs per image and destination.
+    pub check_referrers: bool,
+}
+
+impl Default for ScanOptions {
+    fn default() -> Self {
+        ScanOptions {
+            segments: 1,
+            concurrency: 16,
+            requeue_after: crate::plan::DEFAULT_REQUEUE_AFTER,
+            check_referrers: false,
+        }
+    }
+}
+
+/// What every row's planning shares.
+struct Ctx<'a> {
+    engine: &'a Engine,
+    filter: Option<&'a EventFilter>,
+    limit: &'a Semaphore,
+    opts: &'a ScanOptions,
+}
+
+/// cosign's tags next to the tag schema index `sha256-<hex>`.
+const COSIGN_SUFFIXES: [&str; 3] = [".sig", ".att", ".sbom"];
+
+/// The tags a referrer of `digest` is stored under where there is no
+/// referrers API: the tag schema index, then cosign's.
+fn referrer_tags(digest: &crate::digest::Digest) -> Vec<String> {
+    let stem = digest.to_string().replace(':', "-");
+    std::iter::once(stem.clone())
+        .chain(COSIGN_SUFFIXES.iter().map(|s| format!("{stem}{s}")))
+        .collect()
+}
+
+/// The referrer tags the source has that the destination lacks or holds at
+/// another digest. Both lists are in `tags` order.
+pub fn referrers_missing(
+    tags: &[String],
+    source: &[Option<crate::digest::Digest>],
+    dest: &[Option<crate::digest::Digest>],
+) -> Vec<String> {
+    tags.iter()
+        .zip(source.iter().zip(dest))
+        .filter(|(_, (s, d))| s.is_some() && s != d)
+        .map(|(t, _)| t.clone())
+        .collect()
+}
+
 /// A row and its plan; `plan` is `Err` for a row that cannot be used.
 #[derive(Debug, Clone)]
 pub struct RowPlan {
@@ -89,16 +170,20 @@ async fn probe(engine: &Engine, r: &Reference, role: Role) -> Probe {
 pub async fn scan(
     store: &Store,
     engine: &Engine,
-    segments: u32,
     filter: Option<&EventFilter>,
-    concurrency: usize,
-    requeue_after: Duration,
+    opts: &ScanOptions,
 ) -> Result<Vec<RowPlan>, StoreError> {
-    let rows = store.scan(segments).await?;
-    let limit = Arc::new(Semaphore::new(concurrency.max(1)));
+    let rows = store.scan(opts.segments).await?;
+    let limit = Semaphore::new(opts.concurrency.max(1));
+    let ctx = Ctx {
+        engine,
+        filter,
+        limit: &limit,
+        opts,
+    };
+    let ctx = &ctx;
     let mut checks = Vec::new();
     for scanned in rows {
-        let limit = limit.clone();
         checks.push(async move {
             let key = scanned.key;
             let row = match scanned.row {
@@ -112,8 +197,8 @@ pub async fn scan(
                 }
             };
             if row.mirror.select.is_none()
-                && let Some(f) = filter
-                && !f.matches(&row.mirror.source)
+                && let Some(f) = ctx.filter
+                && !f.concerns(&row.mirror.source)
             {
                 return Vec::new();
             }
@@ -125,9 +210,9 @@ pub async fn scan(
                 }];
             }
             if row.mirror.select.is_some() {
-                return plan_repository(engine, key, row, filter, &limit, requeue_after).await;
+                return plan_repository(ctx, key, row).await;
             }
-            vec![plan_image(engine, key, row, &limit, requeue_after).await]
+            vec![plan_image(ctx, key, row).await]
         });
     }
     Ok(futures_util::future::join_all(checks)
@@ -138,14 +223,9 @@ pub async fn scan(
 }
 
 /// HEAD one image's source and destinations, and plan it.
-async fn plan_image(
-    engine: &Engine,
-    key: String,
-    row: Row,
-    limit: &Semaphore,
-    requeue_after: Duration,
-) -> RowPlan {
-    let Ok(_permit) = limit.acquire().await else {
+async fn plan_image(ctx: &Ctx<'_>, key: String, row: Row) -> RowPlan {
+    let engine = ctx.engine;
+    let Ok(_permit) = ctx.limit.acquire().await else {
         return RowPlan {
             key,
             row: Some(row),
@@ -178,19 +258,84 @@ async fn plan_image(
             dests.push(probe(engine, d, Role::Destination).await);
         }
     }
-    let p = plan(
+    let mut p = plan(
         &row,
         &source,
         filtered.as_ref(),
         &dests,
         SystemTime::now(),
-        requeue_after,
+        ctx.opts.requeue_after,
     );
+    if let Probe::Found(digest) = &source {
+        let check = match ctx.filter.and_then(EventFilter::referrer_subject) {
+            Some(subject) => subject == digest.to_string(),
+            None => ctx.opts.check_referrers,
+        };
+        // A subset's destinations hold another digest: the source index's
+        // referrers are not theirs.
+        if check && row.mirror.platforms.is_empty() {
+            check_referrers(engine, &row, digest, &mut p).await;
+        }
+    }
     RowPlan {
         key,
         plan: Ok(p),
         row: Some(row),
     }
+}
+
+/// Destinations in sync whose referrer tags lag the source's are copied
+/// again (the copy finds the image in sync and brings the referrers).
+async fn check_referrers(engine: &Engine, row: &Row, digest: &crate::digest::Digest, p: &mut Plan) {
+    let Plan::Act {
+        copy,
+        mark_synced,
+        pending,
+        ..
+    } = p
+    else {
+        return;
+    };
+    let tags = referrer_tags(digest);
+    let at_source = head_tags(engine, &row.mirror.source, &tags, Role::Source).await;
+    if at_source.iter().all(Option::is_none) {
+        return;
+    }
+    for d in &row.mirror.destinations {
+        if copy.iter().any(|(c, _)| c == d) || pending.contains(d) {
+            continue;
+        }
+        let at_dest = head_tags(engine, d, &tags, Role::Destination).await;
+        let missing = referrers_missing(&tags, &at_source, &at_dest);
+        if !missing.is_empty() {
+            mark_synced.retain(|m| m != d);
+            copy.push((
+                d.clone(),
+                format!("signatures or attestations missing: {}", missing.join(", ")),
+            ));
+        }
+    }
+}
+
+/// The digest each of `tags` of `image`'s repository points at, if any.
+async fn head_tags(
+    engine: &Engine,
+    image: &Reference,
+    tags: &[String],
+    role: Role,
+) -> Vec<Option<crate::digest::Digest>> {
+    let mut out = Vec::with_capacity(tags.len());
+    for t in tags {
+        let found = match image.with_tag(t) {
+            Ok(tagged) => probe(engine, &tagged, role).await,
+            Err(e) => Probe::Error(e.to_string()),
+        };
+        out.push(match found {
+            Probe::Found(d) => Some(d),
+            _ => None,
+        });
+    }
+    out
 }
 
 /// The digest of the row's platform subset of the source at `digest`, or
@@ -215,14 +360,8 @@ async fn subset_digest(
 /// each picked image like an image row (status kept per expanded
 /// destination, under the row's own key). A registry-wide row does this for
 /// each repository of the catalog its rule picks.
-async fn plan_repository(
-    engine: &Engine,
-    key: String,
-    row: Row,
-    filter: Option<&EventFilter>,
-    limit: &Semaphore,
-    requeue_after: Duration,
-) -> Vec<RowPlan> {
+async fn plan_repository(ctx: &Ctx<'_>, key: String, row: Row) -> Vec<RowPlan> {
+    let (engine, filter) = (ctx.engine, ctx.filter);
     let fail = |row: Row, reason: String| {
         vec![RowPlan {
             key: key.clone(),
@@ -237,7 +376,7 @@ async fn plan_repository(
         .is_some_and(|s| s.repositories.is_some());
     if !wide {
         let mirror = row.mirror.clone();
-        return match plan_tags(engine, &key, &row, &mirror, filter, limit, requeue_after).await {
+        return match plan_tags(ctx, &key, &row, &mirror).await {
             Ok(plans) if plans.is_empty() && filter.is_none() => {
                 let reason = format!("no tag of {} matches the `tags` rule", row.mirror.source);
                 fail(row, reason)
@@ -277,7 +416,7 @@ async fn plan_repository(
     let mut errors = Vec::new();
     for repo in repos {
         let planned = match row.mirror.for_repository(repo) {
-            Ok(m) => plan_tags(engine, &key, &row, &m, filter, limit, requeue_after).await,
+            Ok(m) => plan_tags(ctx, &key, &row, &m).await,
             Err(e) => Err(e),
         };
         match planned {
@@ -306,14 +445,12 @@ async fn plan_repository(
 /// List the tags of `mirror` (a repository row), pick them, and plan each
 /// image; statuses come from `row`. `Err` when the tags cannot be listed.
 async fn plan_tags(
-    engine: &Engine,
+    ctx: &Ctx<'_>,
     key: &str,
     row: &Row,
     mirror: &crate::table::Mirror,
-    filter: Option<&EventFilter>,
-    limit: &Semaphore,
-    requeue_after: Duration,
 ) -> Result<Vec<RowPlan>, String> {
+    let (engine, filter) = (ctx.engine, ctx.filter);
     let Some(sel) = &mirror.select else {
         return Ok(Vec::new());
     };
@@ -325,7 +462,7 @@ async fn plan_tags(
     let images = mirror.expand(&rules.apply(&tags))?;
     let mut plans = Vec::new();
     for image in images {
-        if filter.is_some_and(|f| !f.matches(&image.source)) {
+        if filter.is_some_and(|f| !f.concerns(&image.source)) {
             continue;
         }
         let status = image
@@ -341,13 +478,7 @@ async fn plan_tags(
             status,
             error: row.error.clone(),
         };
-        plans.push(plan_image(
-            engine,
-            key.to_string(),
-            image_row,
-            limit,
-            requeue_after,
-        ));
+        plans.push(plan_image(ctx, key.to_string(), image_row));
     }
     Ok(futures_util::future::join_all(plans).await)
 }
@@ -400,3 +531,78 @@ async fn list_tags(engine: &Engine, source: &Reference) -> Result<Vec<String>, S
 
 /// Tags per listing request: ECR refuses more than 1000.
 const TAGS_PAGE: usize = 1000;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::digest::Digest;
+
+    fn filter(tag: &str) -> EventFilter {
+        EventFilter::from_event_json(&format!(
+            r#"{{"account":"123456789012","region":"eu-west-1","detail":{{"repository-name":"team/app","image-tag":"{tag}","result":"SUCCESS"}}}}"#
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_pushed_signature_concerns_the_images_of_its_repository() {
+        let hex = "ab".repeat(32);
+        let image: Reference = "123456789012.dkr.ecr.eu-west-1.amazonaws.com/team/app:1.0"
+            .parse()
+            .unwrap();
+        let other: Reference = "123456789012.dkr.ecr.eu-west-1.amazonaws.com/team/web:1.0"
+            .parse()
+            .unwrap();
+        for suffix in ["", ".sig", ".att", ".sbom"] {
+            let f = filter(&format!("sha256-{hex}{suffix}"));
+            assert_eq!(
+                f.referrer_subject(),
+                Some(format!("sha256:{hex}")),
+                "{suffix}"
+            );
+            assert!(f.concerns(&image) && !f.matches(&image));
+            assert!(!f.concerns(&other));
+        }
+        for tag in [
+            "1.0",
+            "sha256-abc.sig",
+            &format!("sha256-{hex}.tar"),
+            &format!("sha512-{hex}"),
+        ] {
+            let f = filter(tag);
+            assert_eq!(f.referrer_subject(), None, "{tag}");
+        }
+        assert!(filter("1.0").concerns(&image));
+        assert!(!filter("2.0").concerns(&image));
+    }
+
+    #[test]
+    fn referrer_tags_missing_at_the_destination() {
+        let digest = Digest::sha256_of(b"image");
+        let tags = referrer_tags(&digest);
+        let stem = digest.to_string().replace(':', "-");
+        assert_eq!(
+            tags,
+            [
+                stem.clone(),
+                format!("{stem}.sig"),
+                format!("{stem}.att"),
+                format!("{stem}.sbom")
+            ]
+        );
+        let (a, b) = (Digest::sha256_of(b"a"), Digest::sha256_of(b"b"));
+        let source = [None, Some(a.clone()), Some(b.clone()), None];
+        assert!(referrers_missing(&tags, &source, &source).is_empty());
+        // Extra tags at the destination do not matter; missing or different ones do.
+        let dest = [Some(a.clone()), Some(a.clone()), None, Some(b.clone())];
+        assert_eq!(
+            referrers_missing(&tags, &source, &dest),
+            [format!("{stem}.att")]
+        );
+        let dest = [None, Some(b), Some(a), None];
+        assert_eq!(
+            referrers_missing(&tags, &source, &dest),
+            [format!("{stem}.sig"), format!("{stem}.att")]
+        );
+    }
+}

@@ -13,7 +13,6 @@ use clap::Args;
 use mirrorfleet_common::cli::{OutputFormat, RegistryArgs};
 use mirrorfleet_common::consume::{self, ConsumeOptions};
 use mirrorfleet_common::enqueue;
-use mirrorfleet_common::plan::DEFAULT_REQUEUE_AFTER;
 use mirrorfleet_common::queue::{MemoryQueue, Queue};
 use mirrorfleet_common::scan;
 use mirrorfleet_common::store::{FileStore, Store};
@@ -47,6 +46,11 @@ pub struct SyncArgs {
     watch: Option<Duration>,
     #[command(flatten)]
     registry: RegistryArgs,
+    /// Also compare signature and attestation tags (`sha256-<hex>`, `.sig`,
+    /// `.att`, `.sbom`) of images in sync, so one signed after it was
+    /// mirrored is brought over: 4 more HEADs per image and destination.
+    #[arg(long, env = "MIRRORFLEET_CHECK_REFERRERS")]
+    check_referrers: bool,
     /// Result format on stdout.
     #[arg(long, env = "MIRRORFLEET_OUTPUT", value_enum, default_value_t = OutputFormat::Text)]
     output: OutputFormat,
@@ -86,7 +90,11 @@ async fn once(
     // Re-read the file each round so edits are picked up under --watch.
     let store = Arc::new(Store::File(FileStore::open(&args.file)?));
     let queue = Arc::new(Queue::Memory(MemoryQueue::new(args.max_attempts)));
-    let plans = scan::scan(&store, engine, 1, None, 16, DEFAULT_REQUEUE_AFTER).await?;
+    let opts = scan::ScanOptions {
+        check_referrers: args.check_referrers,
+        ..scan::ScanOptions::default()
+    };
+    let plans = scan::scan(&store, engine, None, &opts).await?;
     let summary = enqueue::apply(&store, Some(&queue), &plans, false, started).await?;
     let opts = ConsumeOptions {
         concurrency: args.workers.max(1),

@@ -1165,3 +1165,87 @@ async fn platform_subsets_mirror_a_filtered_index_that_stays_in_sync() {
         "{report}"
     );
 }
+
+/// A signature added to an image after it was mirrored: an ordinary run
+/// leaves the image alone (it is in sync), a run with `--check-referrers`
+/// or the push event of the signature's tag queues it, and the worker brings
+/// the signature over.
+#[tokio::test]
+async fn a_signature_added_later_follows_on_check_or_on_its_push_event() {
+    let stack = Stack::get();
+    let (env, queue, _) = setup(&stack, "late-sig").await;
+    let repo = unique("late-sig");
+    let image = push_image(&stack, &repo, "v1").await;
+    let src = format!("{}/{repo}:v1", stack.src);
+    let dest = format!("{}/{repo}:v1", stack.dst);
+    add_row(&env, &src, &dest);
+    let consume = || {
+        let (code, out, err) = run(
+            "mirrorfleet-worker",
+            &["consume", "--exit-when-idle", "2s", "--wait", "1s"],
+            &env,
+        );
+        assert_eq!(code, 0, "{out}{err}");
+    };
+    let control = |extra: &[&str]| -> Value {
+        let mut args = vec!["run", "--output", "json"];
+        args.extend(extra);
+        let (code, out, err) = run("mirrorfleet-controller", &args, &env);
+        assert_eq!(code, 0, "{out}{err}");
+        serde_json::from_str(&out).unwrap()
+    };
+    assert_eq!(control(&[])["jobs_enqueued"], 1);
+    consume();
+
+    // Signed afterwards (cosign's tag scheme).
+    let p = Pusher::new(Target::plain(&stack.src)).unwrap();
+    let sign = |n: u8| {
+        let p = &p;
+        let repo = &repo;
+        async move {
+            let cfg = p
+                .blob_typed(
+                    repo,
+                    format!("{{\"n\":{n}}}").as_bytes(),
+                    "application/vnd.dev.cosign.artifact.sig.v1+json",
+                )
+                .await
+                .unwrap();
+            serde_json::to_vec(&json!({"schemaVersion": 2, "mediaType": OCI_MANIFEST,
+                "config": cfg, "layers": []}))
+            .unwrap()
+        }
+    };
+    let sig_tag = format!("{}.sig", image.replace(':', "-"));
+    let sig = sign(1).await;
+    p.manifest(&repo, &sig_tag, OCI_MANIFEST, &sig)
+        .await
+        .unwrap();
+    let sk = Skopeo::plain();
+    let dest_sig = format!("{}/{repo}:{sig_tag}", stack.dst);
+
+    let s = control(&[]);
+    assert_eq!(
+        s["jobs_enqueued"], 0,
+        "a plain run only compares images: {s}"
+    );
+    let s = control(&["--check-referrers"]);
+    assert_eq!(s["jobs_enqueued"], 1, "{s}");
+    consume();
+    assert_eq!(sk.digest(&dest_sig).unwrap(), sha256(&sig));
+    assert_eq!(control(&["--check-referrers"])["jobs_enqueued"], 0);
+
+    // Signed again (a new signature under the same tag): the push event of
+    // that tag is enough.
+    let resigned = sign(2).await;
+    p.manifest(&repo, &sig_tag, OCI_MANIFEST, &resigned)
+        .await
+        .unwrap();
+    let s = control(&["--repository", &repo, "--tag", &sig_tag]);
+    assert_eq!(s["jobs_enqueued"], 1, "{s}");
+    consume();
+    assert_eq!(sk.digest(&dest_sig).unwrap(), sha256(&resigned));
+    assert_eq!(queue_depth(&stack, &queue).await, 0);
+    let (state, _) = state_of(&table_json(&env), &dest);
+    assert_eq!(state, "synced");
+}
