@@ -164,6 +164,9 @@ pub struct Registry {
     /// Paces manifest PUTs (ECR's `PutImage` quota); `None`: unlimited.
     manifest_puts: Option<TokenBucket>,
     pulls: std::sync::Mutex<PullPace>,
+    /// Set once the registry shows it has no referrers API (a registry with
+    /// it never answers 404 there), so later subjects skip the request.
+    no_referrers_api: std::sync::atomic::AtomicBool,
     pub stats: RequestStats,
 }
 
@@ -317,6 +320,7 @@ impl Registry {
             limit: Limiter::new(settings.max_concurrency.unwrap_or(DEFAULT_MAX_CONCURRENCY)),
             manifest_puts,
             pulls: std::sync::Mutex::new(PullPace::default()),
+            no_referrers_api: std::sync::atomic::AtomicBool::new(false),
             stats: RequestStats::default(),
         })
     }
@@ -849,7 +853,15 @@ impl Registry {
             #[serde(default)]
             manifests: Option<Vec<crate::manifest::Descriptor>>,
         }
+        use std::sync::atomic::Ordering;
+        if self.no_referrers_api.load(Ordering::Relaxed) {
+            return Ok(None);
+        }
         let url = self.url(&format!("v2/{repo}/referrers/{digest}"));
+        let absent = || {
+            self.no_referrers_api.store(true, Ordering::Relaxed);
+            Ok(None)
+        };
         match self
             .paginate::<Index>(
                 &Scope::pull(repo),
@@ -864,11 +876,11 @@ impl Registry {
                     .flat_map(|p| p.manifests.unwrap_or_default())
                     .collect(),
             )),
-            Err(Error::NotFound { .. }) => Ok(None),
+            Err(Error::NotFound { .. }) => absent(),
             Err(Error::Registry {
                 status: 400 | 405 | 501,
                 ..
-            }) => Ok(None),
+            }) => absent(),
             Err(e) => Err(e),
         }
     }

@@ -315,6 +315,15 @@ async fn per_platform_signatures_travel_and_a_subset_takes_only_its_own() {
     assert_eq!(d.outcome, Outcome::Copied, "{:?}", d.error);
     assert!(d.warnings.is_empty(), "{:?}", d.warnings);
     assert_eq!(d.referrers_copied, 3, "the index's and each platform's");
+    // distribution has no referrers API: asked once, not once per subject.
+    assert_eq!(
+        count_requests(
+            &stack,
+            "src",
+            &["\"GET /v2/", &format!("/{repo}/referrers/")]
+        ),
+        1
+    );
     for (tag, digest) in sigs.values() {
         assert_eq!(&sk.digest(&format!("{all}:{tag}")).unwrap(), digest);
     }
