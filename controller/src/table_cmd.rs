@@ -120,12 +120,12 @@ enum TableCommand {
     /// Add every mirror of a YAML or CSV file (`-` for stdin); all are validated first.
     Import {
         file: PathBuf,
-        #[arg(long, value_enum)]
+        #[arg(long, env = "MIRRORFLEET_FILE_FORMAT", value_enum)]
         format: Option<FileFormat>,
     },
     /// Print every mirror as YAML or CSV.
     Export {
-        #[arg(long, value_enum, default_value_t = FileFormat::Yaml)]
+        #[arg(long, env = "MIRRORFLEET_FILE_FORMAT", value_enum, default_value_t = FileFormat::Yaml)]
         format: FileFormat,
     },
 }
