@@ -1,7 +1,8 @@
 //! Crashes: workers killed with SIGKILL at chosen points of a copy, and
-//! controllers killed mid-scan or run twice at once. Nothing may be lost,
-//! nothing copied twice at the same time, and no destination tag may ever
-//! point at an incomplete image (checked with skopeo after every kill).
+//! controllers killed mid-scan or mid-enqueue, or run twice at once. Nothing
+//! may be lost, nothing copied twice at the same time, and no destination tag
+//! may ever point at an incomplete image (checked with skopeo after every
+//! kill).
 
 // Test code: a panic is how a check fails.
 #![allow(clippy::unwrap_used)]
@@ -287,15 +288,27 @@ async fn controllers_killed_mid_scan_or_run_twice_at_once_enqueue_each_row_once(
     .await;
     assert_eq!(code, 0, "{out}{err}");
 
-    // Killed mid-scan, three times (small pages: the scan takes a while).
+    // Killed mid-scan, twice (small pages: the scan takes a while)...
     let scan = ["run", "--segments", "1", "--scan-page-size", "3"];
-    for _ in 0..3 {
+    for _ in 0..2 {
         let child = spawn("mirrorfleet-controller", &scan, &env);
         let ms = rand::rng().random_range(50..400);
         tokio::time::sleep(Duration::from_millis(ms)).await;
         kill9(child).await;
     }
+    // ...and once while enqueueing: within moments of its first batch of 10
+    // reaching the queue, so the next batch may be claimed and never sent,
+    // which only the hold-off below brings back.
+    let child = spawn("mirrorfleet-controller", &scan, &env);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while queue_depth(&stack, &queue).await == 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let ms = rand::rng().random_range(0..60);
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+    kill9(child).await;
     let after_kills = queue_depth(&stack, &queue).await;
+    assert!(after_kills > 0, "the third controller sent nothing in 60 s");
     // Then two at once.
     let (a, b) = tokio::join!(
         run("mirrorfleet-controller", &scan, &env),
@@ -351,7 +364,7 @@ async fn controllers_killed_mid_scan_or_run_twice_at_once_enqueue_each_row_once(
     }
     assert_eq!(queue_depth(&stack, &dlq).await, 0);
     eprintln!(
-        "controllers: 3 killed mid-scan ({after_kills} jobs sent before the kills), 2 concurrent; \
+        "controllers: 2 killed mid-scan, 1 mid-enqueue ({after_kills} jobs sent before the kills), 2 concurrent; \
          {first} jobs, then {second} re-queued after the hold-off; {ROWS} rows synced once each"
     );
 }
