@@ -70,6 +70,10 @@ impl Scope {
     pub fn catalog() -> Scope {
         Scope::pull("")
     }
+    /// The repository the request is about (empty for the catalog).
+    pub fn repository(&self) -> &str {
+        &self.repository
+    }
     fn params(&self) -> Vec<String> {
         if self.repository.is_empty() {
             return vec!["registry:catalog:*".into()];
@@ -177,15 +181,13 @@ struct PullPace {
     gap: Duration,
     /// When the next manifest GET may go.
     next: Option<tokio::time::Instant>,
+    /// The quota is used up until then: a manifest GET would only be refused.
+    exhausted_until: Option<tokio::time::Instant>,
 }
 
 /// Pull quota left at or below this (or the concurrency limit, if higher)
 /// slows the registry down.
 const PULLS_LOW_WATER: u64 = 5;
-
-/// The longest wait between two manifest GETs when the quota is low: a
-/// slowed mirror must still finish, and Docker Hub's window slides.
-const MAX_PULL_GAP: Duration = Duration::from_secs(60);
 
 /// One burst token for manifest PUTs: pushes are spaced evenly, so no second
 /// sees more than the rate plus one.
@@ -212,13 +214,19 @@ impl PullQuota {
         Some(PullQuota { remaining, window })
     }
 
-    /// How long to leave between pulls so the rest lasts the window.
+    /// How long to leave between pulls so the rest lasts the window (no
+    /// cap: Docker Hub's windows are hours long, and a pull refused for
+    /// quota costs as much as one made).
     pub fn gap(&self) -> Duration {
         self.window
-            .map(|w| {
-                (w / u32::try_from(self.remaining.max(1)).unwrap_or(u32::MAX)).min(MAX_PULL_GAP)
-            })
+            .map(|w| w / u32::try_from(self.remaining.max(1)).unwrap_or(u32::MAX))
             .unwrap_or_default()
+    }
+
+    /// With nothing left, how long until the window has room again (at
+    /// worst the whole window, which slides); `None` while pulls remain.
+    pub fn exhausted_for(&self) -> Option<Duration> {
+        (self.remaining == 0).then(|| self.window.unwrap_or(Duration::from_secs(3600)))
     }
 }
 
@@ -370,20 +378,27 @@ impl Registry {
     }
 
     /// The Authorization header for `scope`, if the registry asked for one.
-    async fn authorization(&self, scope: &Scope, force: bool) -> Result<Option<String>> {
+    async fn authorization(&self, scope: &Scope, force: bool) -> Result<Auth> {
         match self.known_challenge() {
-            None => Ok(None),
-            Some(Challenge::Basic) => Ok(self.credentials().await?.basic_header()),
+            None => Ok(Auth::default()),
+            Some(Challenge::Basic) => {
+                let creds = self.credentials().await?;
+                Ok(Auth {
+                    header: creds.basic_header(),
+                    ecr: matches!(self.creds, CredentialSource::Ecr { .. }).then_some(creds),
+                    bearer: false,
+                })
+            }
             Some(Challenge::Bearer { realm, service }) => {
                 let key = scope.key();
                 let mut tokens = self.tokens.lock().await;
                 if !force && let Some(t) = tokens.get(&key).filter(|t| t.fresh()) {
-                    return Ok(Some(format!("Bearer {}", t.value.expose())));
+                    return Ok(Auth::bearer(format!("Bearer {}", t.value.expose())));
                 }
                 let token = self.fetch_token(&realm, service.as_deref(), scope).await?;
                 let header = format!("Bearer {}", token.value.expose());
                 tokens.insert(key, token);
-                Ok(Some(header))
+                Ok(Auth::bearer(header))
             }
         }
     }
@@ -494,23 +509,25 @@ impl Registry {
         let mut force_token = false;
         loop {
             // Every attempt counts against a quota, retries too, so each waits.
-            match build(&self.http).build() {
+            let is_pull = match build(&self.http).build() {
                 Ok(r) if r.method() == Method::PUT && r.url().path().contains("/manifests/") => {
                     if let Some(b) = &self.manifest_puts {
                         b.take().await;
                     }
+                    false
                 }
                 // Docker Hub counts manifest GETs as pulls; HEADs (which the
                 // engine sends first) and blob GETs are free, so never slowed.
                 Ok(r) if r.method() == Method::GET && r.url().path().contains("/manifests/") => {
-                    self.pace_pull().await;
+                    self.pace_pull().await?;
+                    true
                 }
-                _ => {}
-            }
+                _ => false,
+            };
             let auth = self.authorization(scope, force_token).await?;
             force_token = false;
             let mut req = build(&self.http);
-            if let Some(a) = auth {
+            if let Some(a) = &auth.header {
                 req = req.header(AUTHORIZATION, a);
             }
             let result = {
@@ -554,8 +571,17 @@ impl Registry {
                     force_token = true;
                     self.stats.reauths.fetch_add(1, Ordering::Relaxed);
                     self.learn_challenge(resp.headers());
-                    self.invalidate_ecr().await;
+                    self.invalidate_ecr(&auth).await;
                     continue;
+                }
+                Class::Reauth if auth.bearer && insufficient_scope(resp.headers()) => {
+                    // A fresh token was issued and still refused for this
+                    // repository: it is missing or private (Docker Hub
+                    // answers so), not a bad login.
+                    return Err(Error::RepositoryInaccessible {
+                        registry: self.host.clone(),
+                        repository: scope.repository().to_string(),
+                    });
                 }
                 Class::Final if status == StatusCode::FORBIDDEN && !reauthed => {
                     // ECR says "Your authorization token has expired" with 403.
@@ -565,13 +591,27 @@ impl Registry {
                         reauthed = true;
                         force_token = true;
                         self.stats.reauths.fetch_add(1, Ordering::Relaxed);
-                        self.invalidate_ecr().await;
+                        self.invalidate_ecr(&auth).await;
                         continue;
                     }
                     return Err(Error::Denied {
                         registry: self.host.clone(),
                         message: error_message(&body).1,
                     });
+                }
+                Class::Retry if is_pull && status == StatusCode::TOO_MANY_REQUESTS => {
+                    if let Some(e) = self.quota_exhausted() {
+                        return Err(e);
+                    }
+                    let server_delay = retry::retry_after(resp.headers());
+                    match delays.next() {
+                        Some(d) => {
+                            self.stats.retries.fetch_add(1, Ordering::Relaxed);
+                            tokio::time::sleep(server_delay.unwrap_or(d)).await;
+                            continue;
+                        }
+                        None => return Err(self.status_error(resp).await),
+                    }
                 }
                 Class::Retry => {
                     let server_delay = retry::retry_after(resp.headers());
@@ -602,6 +642,7 @@ impl Registry {
         };
         let low_water = (self.limit.limit() as u64).max(PULLS_LOW_WATER);
         let mut p = self.pull_pace();
+        p.exhausted_until = q.exhausted_for().map(|d| tokio::time::Instant::now() + d);
         if q.remaining > low_water {
             if p.low {
                 tracing::info!(registry = %self.host, remaining = q.remaining, "registry pull limit recovered; full speed again");
@@ -624,12 +665,27 @@ impl Registry {
         p.next = Some(p.next.map_or(after_this, |n| n.max(after_this)));
     }
 
-    /// Wait for this manifest GET's turn while the pull quota is low.
-    async fn pace_pull(&self) {
+    /// The quota-used-up error, while the last answer said nothing is left.
+    fn quota_exhausted(&self) -> Option<Error> {
+        let until = self.pull_pace().exhausted_until?;
+        let left = until.saturating_duration_since(tokio::time::Instant::now());
+        (!left.is_zero()).then(|| Error::QuotaExhausted {
+            registry: self.host.clone(),
+            message: "0 pulls left in the window".into(),
+            retry_after: Duration::from_secs(left.as_secs().max(1)),
+        })
+    }
+
+    /// Wait for this manifest GET's turn while the pull quota is low; with
+    /// none left, fail at once so the job waits for the reset instead.
+    async fn pace_pull(&self) -> Result<()> {
+        if let Some(e) = self.quota_exhausted() {
+            return Err(e);
+        }
         let slot = {
             let mut p = self.pull_pace();
             if !p.low || p.gap.is_zero() {
-                return;
+                return Ok(());
             }
             let now = tokio::time::Instant::now();
             let slot = p.next.map_or(now, |n| n.max(now));
@@ -640,11 +696,15 @@ impl Registry {
             self.stats.slowed.fetch_add(1, Ordering::Relaxed);
             tokio::time::sleep_until(slot).await;
         }
+        Ok(())
     }
 
-    async fn invalidate_ecr(&self) {
-        if let CredentialSource::Ecr { host, role_arn } = &self.creds {
-            self.ecr.invalidate(host, role_arn.as_deref()).await;
+    /// Drop the ECR token a refused request carried. A request sent before
+    /// the registry's challenge was known carried none, and must not throw
+    /// away the token the other requests share.
+    async fn invalidate_ecr(&self, auth: &Auth) {
+        if let (CredentialSource::Ecr { host, role_arn }, Some(used)) = (&self.creds, &auth.ecr) {
+            self.ecr.invalidate(host, role_arn.as_deref(), used).await;
         }
     }
 
@@ -977,10 +1037,16 @@ impl Registry {
     pub async fn repository_exists(&self, repo: &str) -> Result<bool> {
         let mut url = self.url(&format!("v2/{repo}/tags/list"));
         url.query_pairs_mut().append_pair("n", "1");
-        let resp = self
-            .send(&Scope::pull(repo), |c| c.get(url.clone()))
-            .await?;
-        Ok(resp.status().is_success())
+        match self.send(&Scope::pull(repo), |c| c.get(url.clone())).await {
+            Ok(resp) => Ok(resp.status().is_success()),
+            // Listing needs a permission of its own on some registries
+            // (ECR's ListImages): unknown, so blobs are HEADed as usual.
+            Err(Error::Denied { message, .. }) => {
+                tracing::debug!(registry = %self.host, repo, %message, "tag listing refused; checking blobs one by one");
+                Ok(true)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     pub async fn blob_exists(&self, repo: &str, digest: &Digest) -> Result<bool> {
@@ -1058,23 +1124,60 @@ impl Registry {
             .header(CONTENT_LENGTH, size)
             .body(body);
         // Only our own registry gets our credentials, never an upload host elsewhere.
-        if same_origin(&location, &self.base)
-            && let Some(a) = self.authorization(&Scope::push(repo), false).await?
-        {
+        let auth = if same_origin(&location, &self.base) {
+            self.authorization(&Scope::push(repo), false).await?
+        } else {
+            Auth::default()
+        };
+        if let Some(a) = &auth.header {
             req = req.header(AUTHORIZATION, a);
         }
         self.stats.requests.fetch_add(1, Ordering::Relaxed);
         let resp = req.send().await.map_err(|e| self.transport_error(&e))?;
-        if resp.status() == StatusCode::CREATED || resp.status() == StatusCode::NO_CONTENT {
+        let status = resp.status();
+        if status == StatusCode::CREATED || status == StatusCode::NO_CONTENT {
+            self.limit.succeeded();
             return Ok(());
         }
-        if resp.status() == StatusCode::UNAUTHORIZED {
-            // Let the engine's retry start over with a fresh token.
-            self.learn_challenge(resp.headers());
-            self.tokens.lock().await.remove(&Scope::push(repo).key());
-            self.invalidate_ecr().await;
+        // The body was a stream, so this attempt cannot be sent again here:
+        // the engine restarts the transfer, after what the registry asks.
+        match retry::classify(status) {
+            Class::Reauth => {
+                self.learn_challenge(resp.headers());
+                self.tokens.lock().await.remove(&Scope::push(repo).key());
+                self.invalidate_ecr(&auth).await;
+            }
+            Class::Retry if status == StatusCode::TOO_MANY_REQUESTS => {
+                self.stats.throttled.fetch_add(1, Ordering::Relaxed);
+                self.limit.throttled();
+                let retry_after = retry::retry_after(resp.headers());
+                let (_, message) = error_message(&read_error_text(resp).await);
+                return Err(Error::RateLimited {
+                    registry: self.host.clone(),
+                    message,
+                    retry_after,
+                });
+            }
+            _ => {}
         }
-        Err(self.status_error(resp).await)
+        match self.status_error(resp).await {
+            // ECR cannot store an empty blob (EmptyUploadException).
+            Error::Registry {
+                registry,
+                status: 400,
+                code,
+                message,
+            } if size == 0 => Err(Error::Registry {
+                message: format!(
+                    "the registry refuses empty (0-byte) blobs such as {digest}, so this image \
+                     cannot be stored there as it is ({message})"
+                ),
+                registry,
+                status: 400,
+                code,
+            }),
+            e => Err(e),
+        }
     }
 
     /// GET a blob; the caller streams and verifies the body. Redirects (to
@@ -1107,6 +1210,35 @@ fn next_link(header: &str) -> Option<String> {
         let target = target.trim().strip_prefix('<')?.strip_suffix('>')?;
         is_next.then(|| target.to_string())
     })
+}
+
+/// The credentials one request carried.
+#[derive(Debug, Default)]
+struct Auth {
+    header: Option<String>,
+    /// The ECR token in `header`, so only its refusal invalidates it.
+    ecr: Option<Credentials>,
+    /// A bearer token issued for the request's scope.
+    bearer: bool,
+}
+
+impl Auth {
+    fn bearer(header: String) -> Auth {
+        Auth {
+            header: Some(header),
+            ecr: None,
+            bearer: true,
+        }
+    }
+}
+
+/// Whether a 401's challenge says the token lacks the scope
+/// (`error="insufficient_scope"`), rather than that the login is bad.
+fn insufficient_scope(h: &HeaderMap) -> bool {
+    h.get_all(reqwest::header::WWW_AUTHENTICATE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("insufficient_scope"))
 }
 
 fn same_origin(a: &Url, b: &Url) -> bool {
@@ -1250,11 +1382,13 @@ mod tests {
                 window: Some(Duration::from_secs(21600))
             }
         );
-        // 21600 s / 76 pulls is more than the cap.
-        assert_eq!(q.gap(), MAX_PULL_GAP);
-        let q = PullQuota::from_headers(&h(&[("RateLimit-Remaining", "0;w=60")])).unwrap();
+        // 21600 s / 76 pulls: no cap, however long.
+        assert_eq!(q.gap(), Duration::from_secs(21600) / 76);
+        assert_eq!(q.exhausted_for(), None);
+        let q = PullQuota::from_headers(&h(&[("RateLimit-Remaining", "0;w=3600")])).unwrap();
         assert_eq!(q.remaining, 0);
-        assert_eq!(q.gap(), Duration::from_secs(60), "0 left divides by 1");
+        assert_eq!(q.gap(), Duration::from_secs(3600), "0 left divides by 1");
+        assert_eq!(q.exhausted_for(), Some(Duration::from_secs(3600)));
         let q = PullQuota::from_headers(&h(&[("ratelimit-remaining", "4;w=2")])).unwrap();
         assert_eq!(q.gap(), Duration::from_millis(500));
         // The window from the limit header, or the reset, when remaining has none.

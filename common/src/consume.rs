@@ -28,6 +28,9 @@ use crate::queue::{Message, Queue};
 use crate::store::{Store, StoreError};
 use crate::table::{DestStatus, State, now_rfc3339};
 
+/// SQS's longest visibility timeout: 12 hours.
+const MAX_VISIBILITY: Duration = Duration::from_secs(12 * 3600);
+
 #[derive(Debug, Clone)]
 pub struct ConsumeOptions {
     /// Jobs in flight at once.
@@ -304,6 +307,8 @@ async fn handle(
                 st.last_success = Some(finished.clone());
                 st.bytes_copied = d.bytes_copied;
                 st.error = None;
+                st.refused_referrers =
+                    (!d.refused_referrers.is_empty()).then(|| d.refused_referrers.join(","));
                 tracing::info!(job_id = %m.id, source = %report.source, destination = %key,
                     digest = %d.digest.as_ref().map(ToString::to_string).unwrap_or_default(),
                     bytes = d.bytes_copied, "destination synced");
@@ -334,6 +339,21 @@ async fn handle(
         tracing::info!(job_id = %m.id, "released for another worker");
         (JobEnd::Released, bytes)
     } else {
+        // A registry that said when to come back (a used-up pull quota):
+        // the job waits that long instead of spending its receives now.
+        let defer = report
+            .destinations
+            .iter()
+            .filter(|d| d.outcome == Outcome::Failed)
+            .filter_map(|d| d.retry_after_seconds)
+            .max();
+        if let Some(secs) = defer {
+            let wait = Duration::from_secs(secs).min(MAX_VISIBILITY);
+            tracing::info!(job_id = %m.id, seconds = wait.as_secs(), "deferred until the registry's quota resets");
+            if let Err(e) = queue.set_visibility(&m, wait).await {
+                tracing::warn!(job_id = %m.id, error = %e, "cannot defer the job");
+            }
+        }
         // Left invisible until its timeout: redelivered later, or dead-lettered.
         (JobEnd::Failed, bytes)
     }

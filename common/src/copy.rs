@@ -133,10 +133,18 @@ pub struct DestinationReport {
     /// Whether retrying later may help (the failure looked transient).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub transient: bool,
+    /// How long to wait before trying again, when the registry said so
+    /// (a used-up pull quota): the job is put off that long, not retried.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_after_seconds: Option<u64>,
     /// Referrers that could not be copied: visible, but the image's outcome
     /// stands, so a signature problem never fails the mirror itself.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+    /// Referrer tags the destination holds at another digest and cannot
+    /// take (immutable tags): no later run can copy them either.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub refused_referrers: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -157,13 +165,24 @@ impl CopyReport {
     }
 }
 
+/// Why a destination failed: the words, whether it looked transient, and
+/// how long the registry asked us to wait.
+#[derive(Debug, Clone)]
+struct Failure {
+    message: String,
+    transient: bool,
+    retry_after: Option<Duration>,
+    /// For a referrer: why it cannot be pushed there, with what to do.
+    referrer_advice: Option<String>,
+}
+
 /// One destination's state during a copy.
 struct Dest {
     reference: Reference,
     registry: Option<Arc<Registry>>,
     needs_copy: AtomicBool,
     in_sync: AtomicBool,
-    failure: Mutex<Option<(String, bool)>>,
+    failure: Mutex<Option<Failure>>,
     bytes: AtomicU64,
     copied: AtomicU64,
     mounted: AtomicU64,
@@ -171,6 +190,7 @@ struct Dest {
     manifests: AtomicU64,
     referrers: AtomicU64,
     warnings: Mutex<Vec<String>>,
+    refused: Mutex<Vec<String>>,
 }
 
 impl Dest {
@@ -188,6 +208,7 @@ impl Dest {
             manifests: AtomicU64::new(0),
             referrers: AtomicU64::new(0),
             warnings: Mutex::new(Vec::new()),
+            refused: Mutex::new(Vec::new()),
         }
     }
 
@@ -224,14 +245,30 @@ impl Dest {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .as_ref()
-            .map(|f| f.0.clone())
+            .map(|f| f.message.clone())
+    }
+
+    /// The advice-bearing form of this destination's failure, for an
+    /// artifact copied next to an image.
+    fn failure_words(&self, what: &str) -> Option<String> {
+        self.failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .and_then(|f| f.referrer_advice.as_ref())
+            .map(|advice| format!("{what}: {advice}"))
     }
 
     fn fail(&self, e: &Error) {
         let mut f = self.failure.lock().unwrap_or_else(|p| p.into_inner());
         if f.is_none() {
             tracing::warn!(destination = %self.reference, error = %e, "destination failed");
-            *f = Some((e.to_string(), e.is_transient()));
+            *f = Some(Failure {
+                message: e.to_string(),
+                transient: e.is_transient(),
+                retry_after: e.retry_after(),
+                referrer_advice: referrer_advice(e),
+            });
         }
     }
 
@@ -288,10 +325,19 @@ impl Dest {
             manifests_pushed: self.manifests.load(Ordering::Relaxed),
             referrers_copied: self.referrers.load(Ordering::Relaxed),
             seconds: started.elapsed().as_secs_f64(),
-            transient: failure.as_ref().is_some_and(|f| f.1),
-            error: failure.map(|f| f.0),
+            transient: failure.as_ref().is_some_and(|f| f.transient),
+            retry_after_seconds: failure
+                .as_ref()
+                .and_then(|f| f.retry_after)
+                .map(|d| d.as_secs().max(1)),
+            error: failure.map(|f| f.message),
             warnings: self
                 .warnings
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+            refused_referrers: self
+                .refused
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .clone(),
@@ -597,6 +643,9 @@ impl Engine {
             .get(dest.registry(), Role::Destination)
             .await?;
         let mut immutable = false;
+        // Whether the repository was made just now, when ECR tells (so no
+        // tag listing is needed, which takes a permission of its own there).
+        let mut created = None;
         if let Some(host) = EcrHost::parse(dest.registry()) {
             let role = self
                 .registries
@@ -613,13 +662,14 @@ impl Engine {
                     &self.registries.settings().ecr,
                 )
                 .await?;
-            immutable = info.immutable_tags;
+            immutable = dest.tag().is_some_and(|t| info.mutability.is_immutable(t));
+            created = Some(info.created);
         }
         let head = registry
             .head_manifest(dest.repository(), &dest.manifest_ref())
             .await?;
         if head.is_none() {
-            self.note_new_repository(&registry, dest).await?;
+            self.note_new_repository(&registry, dest, created).await?;
         }
         match head {
             Some(h) if &h.digest == src_digest => Ok((registry, true)),
@@ -671,12 +721,30 @@ impl Engine {
         }
     }
 
-    /// On first sight of a destination repository, learn whether it exists.
-    async fn note_new_repository(&self, registry: &Registry, dest: &Reference) -> Result<()> {
+    /// Whether `tag` in `dest`'s repository is immutable, as far as this
+    /// process already knows (ECR repositories it has described).
+    fn immutable_tags_known(&self, dest: &Reference, tag: &str) -> bool {
+        self.registries
+            .ecr()
+            .known_mutability(dest.registry(), dest.repository())
+            .is_some_and(|m| m.is_immutable(tag))
+    }
+
+    /// On first sight of a destination repository, learn whether it is new:
+    /// from `created` when the registry's API said, else by listing it.
+    async fn note_new_repository(
+        &self,
+        registry: &Registry,
+        dest: &Reference,
+        created: Option<bool>,
+    ) -> Result<()> {
         let key = (dest.registry().to_string(), dest.repository().to_string());
         let cell = self.new_repos.lock().await.entry(key).or_default().clone();
         cell.get_or_try_init(|| async {
-            Ok::<_, Error>(!registry.repository_exists(dest.repository()).await?)
+            match created {
+                Some(c) => Ok::<_, Error>(c),
+                None => Ok(!registry.repository_exists(dest.repository()).await?),
+            }
         })
         .await?;
         Ok(())
@@ -753,9 +821,12 @@ impl Engine {
         }
         let mut attempt = 1;
         let mut delays = crate::retry::backoff();
+        // What a registry asked for when it refused the last attempt (429).
+        let mut asked: Option<Duration> = None;
         while !targets.is_empty() {
             if attempt > 1 {
-                tokio::time::sleep(delays.next().unwrap_or(Duration::from_secs(1))).await;
+                let backoff = delays.next().unwrap_or(Duration::from_secs(1));
+                tokio::time::sleep(asked.take().map_or(backoff, |a| a.max(backoff))).await;
             }
             let outcome = self
                 .stream_blob(src, src_repo, blob, &targets, bytes_read)
@@ -777,6 +848,11 @@ impl Engine {
             };
             let mut retry = Vec::new();
             for (t, r) in targets.into_iter().zip(results) {
+                if let Err(e) = &r
+                    && let Some(wait) = e.retry_after()
+                {
+                    asked = Some(asked.map_or(wait, |a| a.max(wait)));
+                }
                 match r {
                     Ok(()) => {
                         t.dest.bytes.fetch_add(blob.size, Ordering::Relaxed);
@@ -999,7 +1075,7 @@ impl Engine {
             } else {
                 m.digest.to_string()
             };
-            match reg.put_manifest(repo, &reference, m).await {
+            match put_manifest_once(reg, repo, &reference, m).await {
                 Ok(()) => {}
                 Err(e)
                     if matches!(
@@ -1016,13 +1092,63 @@ impl Engine {
                     if d.failed() {
                         return Ok(());
                     }
-                    reg.put_manifest(repo, &reference, m).await?;
+                    put_manifest_once(reg, repo, &reference, m).await?;
                 }
                 Err(e) => return Err(e),
             }
             d.manifests.fetch_add(1, Ordering::Relaxed);
         }
         Ok(())
+    }
+}
+
+/// PUT a manifest where a tag may be immutable. ECR refuses any push to an
+/// existing immutable tag with `TAG_INVALID`, even of the same digest: after
+/// a reply that was lost (and retried), or another worker's push, the tag
+/// may already hold exactly this manifest, which is success.
+async fn put_manifest_once(
+    reg: &Registry,
+    repo: &str,
+    reference: &str,
+    m: &Manifest,
+) -> Result<()> {
+    match reg.put_manifest(repo, reference, m).await {
+        Err(e) if e.registry_code() == Some("TAG_INVALID") => {
+            match reg.head_manifest(repo, reference).await? {
+                Some(h) if h.digest == m.digest => {
+                    tracing::debug!(
+                        repository = repo,
+                        reference,
+                        "immutable tag already holds this manifest"
+                    );
+                    Ok(())
+                }
+                Some(h) => Err(Error::OverwriteRefused {
+                    dest: format!("{}/{repo}:{reference}", reg.host()),
+                    existing: h.digest,
+                    wanted: m.digest.clone(),
+                }),
+                None => Err(e),
+            }
+        }
+        r => r,
+    }
+}
+
+/// A referrer push's failure that no retry can mend, in words that say
+/// what to do about it; `None` for the others.
+fn referrer_advice(e: &Error) -> Option<String> {
+    match e {
+        Error::OverwriteRefused { .. } => Some(format!(
+            "{e}; the destination's tags are immutable, so this signature tag cannot be \
+             updated there (exclude referrer tags such as sha256-* with \
+             IMMUTABLE_WITH_EXCLUSION)"
+        )),
+        Error::Registry { status: 405, .. } => Some(format!(
+            "the destination refuses this kind of manifest (HTTP 405; ECR does not accept \
+             some OCI 1.1 artifact manifests that name a subject): {e}"
+        )),
+        _ => None,
     }
 }
 
@@ -1152,7 +1278,8 @@ impl Engine {
                 // an index's children accept it.
                 for d in &targets {
                     if let Err(e) = self.push_fallback_index(d, &tag, &index).await {
-                        d.warn(format!("referrers index {tag}: {e}"));
+                        let why = referrer_advice(&e).unwrap_or_else(|| e.to_string());
+                        d.warn(format!("referrers index {tag}: {why}"));
                     }
                 }
             }
@@ -1245,6 +1372,30 @@ impl Engine {
                 .await
             {
                 Ok(Some(h)) if h.digest == artifact.digest => continue,
+                Ok(Some(h))
+                    if artifact
+                        .tag
+                        .as_deref()
+                        .is_some_and(|t| self.immutable_tags_known(&d.reference, t)) =>
+                {
+                    let e = Error::OverwriteRefused {
+                        dest: d.reference.to_string(),
+                        existing: h.digest,
+                        wanted: artifact.digest.clone(),
+                    };
+                    parent.warn(format!(
+                        "{what}: {}",
+                        referrer_advice(&e).unwrap_or_else(|| e.to_string())
+                    ));
+                    if let Some(t) = &artifact.tag {
+                        parent
+                            .refused
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .push(t.clone());
+                    }
+                    continue;
+                }
                 Ok(_) => d.needs_copy.store(true, Ordering::Relaxed),
                 Err(e) => {
                     parent.warn(format!("{what}: {e}"));
@@ -1283,7 +1434,10 @@ impl Engine {
         for (p, d) in parents.iter().zip(&copies) {
             p.absorb(d);
             match d.failure_message() {
-                Some(e) => p.warn(format!("{what}: {e}")),
+                Some(e) => p.warn(
+                    d.failure_words(&what)
+                        .unwrap_or_else(|| format!("{what}: {e}")),
+                ),
                 None => {
                     p.referrers.fetch_add(1, Ordering::Relaxed);
                 }
@@ -1301,7 +1455,7 @@ impl Engine {
         {
             return Ok(());
         }
-        reg.put_manifest(repo, tag, index).await?;
+        put_manifest_once(reg, repo, tag, index).await?;
         d.manifests.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }

@@ -31,6 +31,35 @@ pub enum Error {
     },
     #[error("cannot reach {registry}: {message}")]
     Transport { registry: String, message: String },
+    /// 429 on a request that cannot be retried in place (a streamed blob
+    /// upload): the transfer starts again after `retry_after`.
+    #[error("{registry} is rate limiting requests (429): {message}")]
+    RateLimited {
+        registry: String,
+        message: String,
+        retry_after: Option<std::time::Duration>,
+    },
+    /// The registry's pull quota (Docker Hub's) is used up: nothing will
+    /// succeed before it resets, so the job waits for that, not retries.
+    #[error(
+        "the pull quota of {registry} is used up ({message}); trying again in {} when it resets",
+        humantime::format_duration(*retry_after)
+    )]
+    QuotaExhausted {
+        registry: String,
+        message: String,
+        retry_after: std::time::Duration,
+    },
+    /// A token was issued, yet the registry refused its scope: what Docker
+    /// Hub answers for a repository that does not exist or is private.
+    #[error(
+        "repository {repository} on {registry} was not found or is not accessible with these \
+         credentials (the registry refused the token's scope: insufficient_scope)"
+    )]
+    RepositoryInaccessible {
+        registry: String,
+        repository: String,
+    },
     /// The TLS handshake failed: retrying cannot help until settings change.
     #[error("cannot reach {registry} over TLS: {message}")]
     Tls { registry: String, message: String },
@@ -80,9 +109,21 @@ impl Error {
     /// rather than needing a person to change something.
     pub fn is_transient(&self) -> bool {
         match self {
-            Error::Transport { .. } => true,
+            Error::Transport { .. } | Error::RateLimited { .. } | Error::QuotaExhausted { .. } => {
+                true
+            }
             Error::Registry { status, .. } => *status == 429 || *status >= 500,
+            Error::Ecr(e) => e.is_transient(),
             _ => false,
+        }
+    }
+
+    /// How long to wait before trying again, when the registry said.
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        match self {
+            Error::RateLimited { retry_after, .. } => *retry_after,
+            Error::QuotaExhausted { retry_after, .. } => Some(*retry_after),
+            _ => None,
         }
     }
 }

@@ -28,12 +28,15 @@ impl EventFilter {
         self.same_repository(source) && source.tag() == Some(self.tag.as_str())
     }
 
+    /// The same repository of the same registry: for ECR the same account
+    /// and region, whichever endpoint form the row's source is written in
+    /// (`.amazonaws.com.cn`, FIPS, dual-stack).
     fn same_repository(&self, source: &Reference) -> bool {
         source.repository() == self.repository
             && self
                 .registry
                 .as_deref()
-                .is_none_or(|r| r == source.registry())
+                .is_none_or(|r| crate::ecr::same_registry(r, source.registry()))
     }
 
     /// For a push of a signature, attestation or SBOM under its tag
@@ -306,7 +309,17 @@ async fn check_referrers(engine: &Engine, row: &Row, digest: &crate::digest::Dig
             continue;
         }
         let at_dest = head_tags(engine, d, &tags, Role::Destination).await;
-        let missing = referrers_missing(&tags, &at_source, &at_dest);
+        let mut missing = referrers_missing(&tags, &at_source, &at_dest);
+        // A tag the destination refused (immutable there, at another
+        // digest) was reported by the copy once; queueing the image again
+        // for it would repeat that forever.
+        if let Some(refused) = row
+            .status
+            .get(&d.to_string())
+            .and_then(|s| s.refused_referrers.as_deref())
+        {
+            missing.retain(|t| !refused.split(',').any(|r| r == t));
+        }
         if !missing.is_empty() {
             mark_synced.retain(|m| m != d);
             copy.push((
@@ -574,6 +587,36 @@ mod tests {
         }
         assert!(filter("1.0").concerns(&image));
         assert!(!filter("2.0").concerns(&image));
+    }
+
+    #[test]
+    fn events_match_ecr_sources_in_every_endpoint_form() {
+        let f = filter("1.0");
+        for host in [
+            "123456789012.dkr.ecr.eu-west-1.amazonaws.com",
+            "123456789012.dkr.ecr-fips.eu-west-1.amazonaws.com",
+            "123456789012.dkr-ecr.eu-west-1.on.aws",
+        ] {
+            let src: Reference = format!("{host}/team/app:1.0").parse().unwrap();
+            assert!(f.matches(&src), "{host}");
+        }
+        for host in [
+            "123456789012.dkr.ecr.eu-west-2.amazonaws.com",
+            "210987654321.dkr.ecr.eu-west-1.amazonaws.com",
+            "registry.example.com",
+        ] {
+            let src: Reference = format!("{host}/team/app:1.0").parse().unwrap();
+            assert!(!f.matches(&src), "{host}");
+        }
+        // The China partition: the event's account and region, another suffix.
+        let cn = EventFilter::from_event_json(
+            r#"{"account":"123456789012","region":"cn-north-1","detail":{"repository-name":"team/app","image-tag":"1.0"}}"#,
+        )
+        .unwrap();
+        let src: Reference = "123456789012.dkr.ecr.cn-north-1.amazonaws.com.cn/team/app:1.0"
+            .parse()
+            .unwrap();
+        assert!(cn.matches(&src));
     }
 
     #[test]

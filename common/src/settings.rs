@@ -88,9 +88,16 @@ pub struct RegistrySettings {
 pub struct EcrRepositorySettings {
     #[serde(default = "default_true")]
     pub create_repositories: bool,
-    /// `MUTABLE` or `IMMUTABLE`.
+    /// `MUTABLE`, `IMMUTABLE`, or with exclusions (ECR, July 2025)
+    /// `IMMUTABLE_WITH_EXCLUSION` / `MUTABLE_WITH_EXCLUSION`.
     #[serde(default = "default_mutability")]
     pub tag_mutability: String,
+    /// For the `*_WITH_EXCLUSION` kinds: up to 5 wildcard filters (`*` for
+    /// any run of characters) naming the tags that behave the other way,
+    /// e.g. `["sha256-*"]` so cosign can update signature tags of an
+    /// otherwise immutable repository.
+    #[serde(default)]
+    pub tag_mutability_exclusions: Vec<String>,
     #[serde(default)]
     pub scan_on_push: bool,
     /// `AES256` or `KMS`.
@@ -112,6 +119,7 @@ impl Default for EcrRepositorySettings {
         EcrRepositorySettings {
             create_repositories: true,
             tag_mutability: default_mutability(),
+            tag_mutability_exclusions: Vec::new(),
             scan_on_push: false,
             encryption: None,
             kms_key: None,
@@ -179,13 +187,7 @@ impl Settings {
                 return Err(bad("plain_http registries have no TLS settings"));
             }
         }
-        match self.ecr.tag_mutability.as_str() {
-            "MUTABLE" | "IMMUTABLE" => Ok(()),
-            other => Err(SettingsError::Invalid {
-                host: "ecr".into(),
-                message: format!("tag_mutability must be MUTABLE or IMMUTABLE, not {other:?}"),
-            }),
-        }
+        self.ecr.validate()
     }
 
     /// Mark `host` as plain HTTP (from `--plain-http`).
@@ -198,6 +200,52 @@ impl Settings {
 
     pub fn registry(&self, host: &str) -> RegistrySettings {
         self.registries.get(host).cloned().unwrap_or_default()
+    }
+}
+
+impl EcrRepositorySettings {
+    fn validate(&self) -> Result<(), SettingsError> {
+        let bad = |message: String| SettingsError::Invalid {
+            host: "ecr".into(),
+            message,
+        };
+        let with_exclusion = match self.tag_mutability.as_str() {
+            "MUTABLE" | "IMMUTABLE" => false,
+            "MUTABLE_WITH_EXCLUSION" | "IMMUTABLE_WITH_EXCLUSION" => true,
+            other => {
+                return Err(bad(format!(
+                    "tag_mutability must be MUTABLE, IMMUTABLE, IMMUTABLE_WITH_EXCLUSION or \
+                     MUTABLE_WITH_EXCLUSION, not {other:?}"
+                )));
+            }
+        };
+        let filters = &self.tag_mutability_exclusions;
+        if with_exclusion && !(1..=5).contains(&filters.len()) {
+            return Err(bad(format!(
+                "tag_mutability {} needs 1 to 5 tag_mutability_exclusions, not {}",
+                self.tag_mutability,
+                filters.len()
+            )));
+        }
+        if !with_exclusion && !filters.is_empty() {
+            return Err(bad(format!(
+                "tag_mutability_exclusions need tag_mutability IMMUTABLE_WITH_EXCLUSION or \
+                 MUTABLE_WITH_EXCLUSION, not {}",
+                self.tag_mutability
+            )));
+        }
+        // ECR's pattern for a filter: ^[0-9a-zA-Z._*-]{1,128}$
+        if let Some(f) = filters.iter().find(|f| {
+            !(1..=128).contains(&f.len())
+                || !f
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._*-".contains(&b))
+        }) {
+            return Err(bad(format!(
+                "tag_mutability_exclusions: {f:?} must be 1 to 128 letters, digits, '.', '_', '-' or '*'"
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -257,6 +305,33 @@ mod tests {
         assert_eq!(r.endpoint.as_deref(), Some("127.0.0.1:5002"));
         assert_eq!(s.ecr.tag_mutability, "IMMUTABLE");
         assert!(s.ecr.create_repositories);
+
+        std::fs::write(
+            &p,
+            "ecr:\n  tag_mutability: IMMUTABLE_WITH_EXCLUSION\n  tag_mutability_exclusions: ['sha256-*']\n",
+        )
+        .unwrap();
+        let s = Settings::load(&p).unwrap();
+        assert_eq!(s.ecr.tag_mutability_exclusions, ["sha256-*"]);
+        for (yaml, want) in [
+            (
+                "ecr:\n  tag_mutability: IMMUTABLE_WITH_EXCLUSION\n",
+                "needs 1 to 5",
+            ),
+            (
+                "ecr:\n  tag_mutability: IMMUTABLE\n  tag_mutability_exclusions: ['x']\n",
+                "need tag_mutability IMMUTABLE_WITH_EXCLUSION",
+            ),
+            (
+                "ecr:\n  tag_mutability: MUTABLE_WITH_EXCLUSION\n  tag_mutability_exclusions: ['a b']\n",
+                "must be 1 to 128",
+            ),
+            ("ecr:\n  tag_mutability: FROZEN\n", "not \"FROZEN\""),
+        ] {
+            std::fs::write(&p, yaml).unwrap();
+            let err = Settings::load(&p).unwrap_err().to_string();
+            assert!(err.contains(want), "{yaml}: {err}");
+        }
 
         std::fs::write(&p, "registries:\n  x:\n    plain_htp: true\n").unwrap();
         let err = Settings::load(&p).unwrap_err().to_string();

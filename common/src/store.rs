@@ -657,6 +657,7 @@ fn status_to_attr(st: &DestStatus) -> AttributeValue {
     opt(&mut m, "queued_at", st.queued_at.clone());
     opt(&mut m, "error", st.error.clone());
     opt(&mut m, "platforms", st.platforms.clone());
+    opt(&mut m, "refused_referrers", st.refused_referrers.clone());
     m.insert(
         "bytes_copied".into(),
         AttributeValue::N(st.bytes_copied.to_string()),
@@ -694,6 +695,7 @@ fn status_from_attr(m: &HashMap<String, AttributeValue>) -> DestStatus {
         attempts: num("attempts"),
         error: get("error"),
         platforms: get("platforms"),
+        refused_referrers: get("refused_referrers"),
     }
 }
 
@@ -1021,6 +1023,7 @@ mod tests {
             attempts: 3,
             error: Some("login refused".into()),
             platforms: Some("linux/amd64,linux/arm64".into()),
+            refused_referrers: Some("sha256-00.sig".into()),
         };
         let AttributeValue::M(m) = status_to_attr(&st) else {
             panic!()

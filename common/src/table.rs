@@ -187,6 +187,11 @@ pub struct DestStatus {
     /// source index again while the source is unchanged.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub platforms: Option<String>,
+    /// Referrer tags (`sha256-<hex>.sig`, ...) this destination holds at
+    /// another digest and cannot take (its tags are immutable), comma-
+    /// separated: reported once by the copy, then not queued again for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused_referrers: Option<String>,
 }
 
 /// A row as stored: the mirror, plus status per destination (keyed by the

@@ -8,7 +8,9 @@
 // Test code: a panic is how a check fails.
 #![allow(clippy::unwrap_used)]
 
+pub mod ecr_double;
 pub mod faults;
+pub mod iam;
 
 use std::path::PathBuf;
 use std::process::Command;

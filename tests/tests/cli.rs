@@ -4,10 +4,9 @@
 // Test code: a panic is how a check fails.
 #![allow(clippy::unwrap_used)]
 
+use mirrorfleet_tests::ecr_double::{ECR_HOST, EcrFront};
 use mirrorfleet_tests::*;
 use serde_json::{Value, json};
-
-const ECR_HOST: &str = "123456789012.dkr.ecr.us-east-1.amazonaws.com";
 
 #[tokio::test]
 async fn worker_copy_output_and_exit_codes() {
@@ -158,29 +157,18 @@ fn ecr_skopeo(stack: &Stack) -> Skopeo {
     }
 }
 
-fn ecr_settings(stack: &Stack, extra: &str) -> std::path::PathBuf {
-    let path = std::env::temp_dir().join(format!("{}.yaml", unique("mf-registries")));
-    std::fs::write(
-        &path,
-        format!(
-            "registries:\n  {ECR_HOST}:\n    endpoint: {}\n    plain_http: true\n  {}:\n    plain_http: true\n{extra}",
-            stack.ecr, stack.src
-        ),
-    )
-    .unwrap();
-    path
-}
-
 #[tokio::test]
 async fn ecr_destination_creates_repository_and_honours_immutable_tags() {
     let stack = Stack::get();
     let ecr = moto_ecr(&stack);
-    let env = moto_env(&stack);
+    // The ad-hoc copy job's role, as the template grants it.
+    let front = EcrFront::start(&stack, "CopyRole");
+    let env = front.env(&stack);
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let repo = unique("ecr-src");
     let a = push_image(&stack, &repo, "a").await;
     push_image(&stack, &repo, "b").await;
-    let settings = ecr_settings(&stack, "ecr:\n  scan_on_push: true\n");
+    let settings = front.settings(&[&stack.src], "ecr:\n  scan_on_push: true\n");
     let settings = settings.to_str().unwrap();
 
     // 1. A repository that does not exist yet is created, with the configured settings.
@@ -215,6 +203,11 @@ async fn ecr_destination_creates_repository_and_honours_immutable_tags() {
             .unwrap(),
         a
     );
+    // A repository it just created holds nothing: no listing (which takes
+    // ecr:ListImages, a permission the template does not grant).
+    assert_eq!(front.double.count("ecr:ListImages", None), 0);
+    assert!(front.double.count("ecr:PutImage", Some(201)) >= 3);
+    assert_eq!(front.gate.count("ecr:CreateRepository"), 1);
 
     // 2. An immutable repository: the same digest again is success, another is refused.
     let frozen = unique("frozen");
@@ -340,7 +333,8 @@ async fn ecr_destination_skips_the_blobs_ecr_reports_present() {
     use aws_sdk_ecr::primitives::Blob;
     let stack = Stack::get();
     let ecr = moto_ecr(&stack);
-    let env = moto_env(&stack);
+    let front = EcrFront::start(&stack, "CopyRole");
+    let env = front.env(&stack);
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let repo = unique("ecr-layers");
     let shared = random_bytes(3000);
@@ -434,7 +428,7 @@ async fn ecr_destination_skips_the_blobs_ecr_reports_present() {
         .await
         .unwrap();
 
-    let settings = ecr_settings(&stack, "");
+    let settings = front.settings(&[&stack.src], "");
     let heads = |digest: &str| count_requests(&stack, "ecr", &["\"HEAD /v2/", &repo, digest]);
     let (code, out, err) = run_bin(
         "mirrorfleet-worker",
@@ -460,6 +454,7 @@ async fn ecr_destination_skips_the_blobs_ecr_reports_present() {
         "the layer ECR reported was HEADed"
     );
     assert_eq!(heads(&own_digest), 1, "the other layer was not checked");
+    assert_eq!(front.gate.count("ecr:BatchCheckLayerAvailability"), 1);
     assert_eq!(
         ecr_skopeo(&stack)
             .digest(&format!("{}/{repo}:v1", stack.ecr))

@@ -863,7 +863,7 @@ async fn registry_wide_rows_mirror_every_picked_repository() {
 /// the registry serving the ECR host name.
 #[tokio::test]
 async fn an_ecr_source_is_listed_through_the_ecr_api() {
-    const ECR_HOST: &str = "123456789012.dkr.ecr.us-east-1.amazonaws.com";
+    use mirrorfleet_tests::ecr_double::ECR_HOST;
     let stack = Stack::get();
     let ns = unique("ecrsrc");
     let ecr = moto_ecr(&stack);
@@ -904,43 +904,70 @@ async fn an_ecr_source_is_listed_through_the_ecr_api() {
             }
         }
     }
-    let dir = std::env::temp_dir().join(unique("mf-ecrsrc"));
-    std::fs::create_dir_all(&dir).unwrap();
-    let settings = dir.join("registries.yaml");
-    std::fs::write(
-        &settings,
-        format!(
-            "registries:\n  {ECR_HOST}:\n    endpoint: {}\n    plain_http: true\n  {}:\n    plain_http: true\n",
-            stack.ecr, stack.dst
-        ),
-    )
-    .unwrap();
-    let file = dir.join("mirrors.yaml");
-    std::fs::write(
-        &file,
+    // As deployed: the controller lists and HEADs as ControllerRole, the
+    // worker pulls as WorkerRole, each against the template's own IAM.
+    let (env, _, _) = setup(&stack, "ecrsrc").await;
+    let as_role = |role: &str| {
+        let front = mirrorfleet_tests::ecr_double::EcrFront::start(&stack, role);
+        let settings = front.settings(&[&stack.dst], "");
+        let mut e = env.clone();
+        for (k, v) in &mut e {
+            if k == "AWS_ENDPOINT_URL" {
+                *v = front.gate.url.clone();
+            }
+        }
+        e.push((
+            "MIRRORFLEET_REGISTRIES".into(),
+            settings.display().to_string(),
+        ));
+        (front, e)
+    };
+    let (controller, controller_env) = as_role("ControllerRole");
+    let (worker, worker_env) = as_role("WorkerRole");
+    let file = mirrors_file(
+        "mf-ecrsrc",
         format!(
             "mirrors:\n  - source: {ECR_HOST}/{ns}/*\n    tags: {{semver: '>=2'}}\n    destinations: [{}/from-ecr/]\n",
             stack.dst
         ),
-    )
-    .unwrap();
-    let env = moto_env(&stack);
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let (code, out, err) = run_bin(
+    );
+    let (code, out, err) = run(
         "mirrorfleet-controller",
-        &[
-            "sync",
-            "--registries",
-            settings.to_str().unwrap(),
-            "--output",
-            "json",
-            file.to_str().unwrap(),
-        ],
+        &["table", "import", file.to_str().unwrap()],
         &env,
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, err) = run(
+        "mirrorfleet-controller",
+        &["run", "--output", "json"],
+        &controller_env,
     );
     assert_eq!(code, 0, "{out}\n{err}");
     let v: Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(v["plan"]["jobs_enqueued"], 2, "{v}");
+    assert_eq!(v["jobs_enqueued"], 2, "{v}");
+    let (code, out, err) = run(
+        "mirrorfleet-worker",
+        &["consume", "--exit-when-idle", "2s", "--wait", "1s"],
+        &worker_env,
+    );
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(controller.gate.count("ecr:DescribeRepositories") >= 1);
+    assert!(controller.gate.count("ecr:DescribeImages") >= 2);
+    assert!(controller.double.count("ecr:BatchGetImage", Some(200)) >= 2);
+    assert!(worker.double.count("ecr:GetDownloadUrlForLayer", Some(307)) >= 2);
+    assert!(worker.double.s3().0 >= 2);
+    for front in [&controller, &worker] {
+        assert!(
+            front.gate.calls().iter().all(|(_, allowed)| *allowed),
+            "{:?}",
+            front.gate.calls()
+        );
+        assert!(
+            front.double.seen().iter().all(|s| s.status != 403),
+            "{:?}",
+            front.double.seen()
+        );
+    }
     let sk = Skopeo::plain();
     for (repo, digest) in &want {
         let dest = format!("{}/from-ecr/{repo}:2.0", stack.dst);

@@ -396,29 +396,19 @@ async fn an_expired_bearer_token_is_refreshed_and_the_copy_succeeds() {
 
 #[tokio::test]
 async fn an_expired_ecr_token_is_refreshed_and_the_copy_succeeds() {
-    const ECR_HOST: &str = "123456789012.dkr.ecr.us-east-1.amazonaws.com";
+    use mirrorfleet_tests::ecr_double::{ECR_HOST, EcrFront};
     let stack = Stack::get();
     let repo = unique("f-ecr-expired");
     let digest = push_fixture(&stack, &repo).await;
-    let dp = FaultProxy::start(&stack.ecr, Faults::default(), 1)
-        .await
-        .unwrap();
-    dp.set_expiry(Expiry::EcrForbidden { after: 5, count: 2 });
-    let settings = std::env::temp_dir().join(format!("{}.yaml", unique("mf-registries")));
-    std::fs::write(
-        &settings,
-        format!(
-            "registries:\n  {ECR_HOST}:\n    endpoint: {}\n    plain_http: true\n  {}:\n    plain_http: true\n",
-            dp.addr, stack.src
-        ),
-    )
-    .unwrap();
-    // The proxy runs on this test's runtime: run the binary off it.
+    // ECR as the copy job's role meets it; one token refused as expired mid-run.
+    let front = EcrFront::start(&stack, "CopyRole");
+    front.double.expire_tokens(5, 1);
+    let settings = front.settings(&[&stack.src], "");
     let (src, dst) = (
         format!("{}/{repo}:v1", stack.src),
         format!("{ECR_HOST}/{repo}:v1"),
     );
-    let env = moto_env(&stack);
+    let env = front.env(&stack);
     let (code, out, err) = tokio::task::spawn_blocking(move || {
         let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
         run_bin(
@@ -436,8 +426,11 @@ async fn an_expired_ecr_token_is_refreshed_and_the_copy_succeeds() {
     .await
     .unwrap();
     assert_eq!(code, 0, "{out}\n{err}");
-    assert_eq!(Counts::get(&dp.counts().expired), 2);
+    assert_eq!(front.double.expired(), 1);
     assert!(err.contains("token expired; fetching a new one"), "{err}");
+    // Fetched once at the start and once after the refusal, however many
+    // requests ran at once.
+    assert_eq!(front.gate.count("ecr:GetAuthorizationToken"), 2);
     let sk = Skopeo {
         creds: Some(stack.ecr_creds.clone()),
         ..Skopeo::plain()
@@ -713,4 +706,138 @@ async fn a_pull_quota_running_low_slows_manifest_gets_down() {
     for g in &gaps {
         assert!(*g >= Duration::from_millis(800), "not slowed: {gaps:?}");
     }
+}
+
+/// Docker Hub's quota used up (`ratelimit-remaining: 0`): the job is not
+/// retried against it (each retry would be one more refused pull); it is
+/// put off until the window resets, through the message's visibility, and
+/// the row says so.
+#[tokio::test]
+async fn a_used_up_pull_quota_defers_the_job_until_it_resets() {
+    let stack = Stack::get();
+    let repo = unique("f-quota-spent");
+    push_fixture(&stack, &repo).await;
+    // One pull per 10 minutes: the index GET spends it.
+    let sp = FaultProxy::start(
+        &stack.src,
+        Faults {
+            rate_limit_remaining: Some((1, 600)),
+            ..Default::default()
+        },
+        11,
+    )
+    .await
+    .unwrap();
+    let gets = record(&sp, "GET", "/manifests/");
+    let (env, queue, dlq) = control_setup(&stack, "f-quota", &[&sp.addr, &stack.dst], 3).await;
+    let (src, dst) = (
+        format!("{}/{repo}:v1", sp.addr),
+        format!("{}/{repo}:v1", stack.dst),
+    );
+    let (code, out, err, rows) = tokio::task::spawn_blocking(move || {
+        let (code, out, err) = run_env(
+            "mirrorfleet-controller",
+            &["table", "add", &src, &dst],
+            &env,
+        );
+        assert_eq!(code, 0, "{out}{err}");
+        let (code, out, err) = run_env("mirrorfleet-controller", &["run"], &env);
+        assert_eq!(code, 0, "{out}{err}");
+        let (code, out, err) = run_env(
+            "mirrorfleet-worker",
+            &["consume", "--exit-when-idle", "3s", "--wait", "1s"],
+            &env,
+        );
+        (code, out, err, table_ls_json(&env))
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(
+        err.contains("deferred until the registry's quota resets"),
+        "{err}"
+    );
+    assert_eq!(
+        gets.lock().unwrap().len(),
+        1,
+        "pulled again after the quota was spent"
+    );
+    let row = &rows[0];
+    assert_eq!(row["state"], "failed", "{row}");
+    let error = row["status"]["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains(&format!("the pull quota of {} is used up", sp.addr)),
+        "{row}"
+    );
+    // Not visible (put off), not in the DLQ.
+    use aws_sdk_sqs::types::QueueAttributeName as A;
+    let attrs = moto_sqs(&stack)
+        .get_queue_attributes()
+        .queue_url(&queue)
+        .attribute_names(A::ApproximateNumberOfMessages)
+        .attribute_names(A::ApproximateNumberOfMessagesNotVisible)
+        .send()
+        .await
+        .unwrap();
+    let a = attrs.attributes().unwrap();
+    assert_eq!(a[&A::ApproximateNumberOfMessages], "0");
+    assert_eq!(a[&A::ApproximateNumberOfMessagesNotVisible], "1");
+    assert_eq!(queue_depth(&stack, &dlq).await, 0);
+}
+
+/// A token was issued and still refused for the repository
+/// (`insufficient_scope`): Docker Hub's answer for one that does not exist
+/// or is private. It reads as that, not as a bad login.
+#[tokio::test]
+async fn a_refused_token_scope_reads_as_repository_not_found_or_not_accessible() {
+    let stack = Stack::get();
+    let token = FakeRegistry::start(HashMap::from([(
+        "/token".to_string(),
+        (
+            200,
+            "application/json".to_string(),
+            vec![],
+            br#"{"token":"t0k3n","expires_in":300}"#.to_vec(),
+        ),
+    )]))
+    .await
+    .unwrap();
+    let challenge = format!(
+        "Bearer realm=\"http://{}/token\",service=\"fake\",scope=\"repository:team/app:pull\",error=\"insufficient_scope\"",
+        token.addr
+    );
+    let hub = FakeRegistry::start(HashMap::from([(
+        "/v2/team/app/manifests/1.0".to_string(),
+        (
+            401,
+            "application/json".to_string(),
+            vec![("WWW-Authenticate".to_string(), challenge)],
+            br#"{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}"#.to_vec(),
+        ),
+    )]))
+    .await
+    .unwrap();
+    let plain = format!("{},{}", hub.addr, stack.dst);
+    let (src, dst) = (
+        format!("{}/team/app:1.0", hub.addr),
+        format!("{}/{}:1.0", stack.dst, unique("f-scope")),
+    );
+    let (code, out, err) = tokio::task::spawn_blocking(move || {
+        run_bin(
+            "mirrorfleet-worker",
+            &["copy", "--plain-http", &plain, &src, &dst],
+            &[],
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 1, "{out}\n{err}");
+    assert!(
+        out.contains(&format!(
+            "repository team/app on {} was not found or is not accessible with these credentials",
+            hub.addr
+        )),
+        "{out}"
+    );
+    assert!(!out.contains("login"), "{out}");
 }

@@ -26,6 +26,8 @@ async fn no_secret_appears_at_trace_level() {
 
     // The token registry's password comes from a file named in the settings;
     // the basic registry's from MIRRORFLEET_DEST_CREDS; ECR's from moto.
+    // ECR as the copy job's role meets it (the template's IAM, an S3 redirect).
+    let front = mirrorfleet_tests::ecr_double::EcrFront::start(&stack, "CopyRole");
     let dir = std::env::temp_dir().join(unique("mf-leak"));
     std::fs::create_dir_all(&dir).unwrap();
     let (token_user, token_pass) = stack.token_creds.split_once(':').unwrap();
@@ -38,13 +40,13 @@ async fn no_secret_appears_at_trace_level() {
             src = stack.src,
             basic = stack.basic,
             token = stack.token,
-            ecr = stack.ecr,
+            ecr = front.double.addr,
             pw = dir.join("token-pw").display()
         ),
     )
     .unwrap();
     let aws_secret = format!("aws-secret-{}", unique("k"));
-    let mut env: Vec<(&str, String)> = moto_env(&stack);
+    let mut env: Vec<(&str, String)> = front.env(&stack);
     env.retain(|(k, _)| *k != "AWS_SECRET_ACCESS_KEY");
     env.push(("AWS_SECRET_ACCESS_KEY", aws_secret.clone()));
     env.push(("RUST_LOG", "trace".into()));
