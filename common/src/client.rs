@@ -581,6 +581,10 @@ impl Registry {
                     return Err(Error::RepositoryInaccessible {
                         registry: self.host.clone(),
                         repository: scope.repository().to_string(),
+                        anonymous: matches!(
+                            &self.creds,
+                            CredentialSource::Static(Credentials::Anonymous)
+                        ),
                     });
                 }
                 Class::Final if status == StatusCode::FORBIDDEN && !reauthed => {

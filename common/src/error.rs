@@ -53,12 +53,20 @@ pub enum Error {
     /// A token was issued, yet the registry refused its scope: what Docker
     /// Hub answers for a repository that does not exist or is private.
     #[error(
-        "repository {repository} on {registry} was not found or is not accessible with these \
-         credentials (the registry refused the token's scope: insufficient_scope)"
+        "repository {repository} on {registry} was not found or {} (the registry refused the \
+         token's scope: insufficient_scope)",
+        if *anonymous {
+            "it needs credentials and none were found: give them with --src-creds/--dest-creds, \
+             the registry settings file, or a Docker config login"
+        } else {
+            "is not accessible with these credentials"
+        }
     )]
     RepositoryInaccessible {
         registry: String,
         repository: String,
+        /// No credentials were presented, only an anonymous token.
+        anonymous: bool,
     },
     /// The TLS handshake failed: retrying cannot help until settings change.
     #[error("cannot reach {registry} over TLS: {message}")]

@@ -168,7 +168,7 @@ fn moto_ecr(endpoint: &str) -> aws_sdk_ecr::Client {
 
 /// Serve `handle` on a fresh loopback port in a thread of its own; returns
 /// the address and the stop switch.
-fn serve<F, Fut>(
+pub(crate) fn serve<F, Fut>(
     listeners: usize,
     make: impl FnOnce(Vec<String>) -> F + Send + 'static,
 ) -> Result<(Vec<String>, tokio::sync::oneshot::Sender<()>)>
@@ -815,8 +815,8 @@ fn sha2_digest(b: &[u8]) -> Vec<u8> {
 
 /// reqwest wants a `Sync` stream; hyper's body stream is only `Send`. The
 /// mutex is uncontended: one task polls it.
-struct SyncStream(
-    std::pin::Pin<Box<dyn futures_util::Stream<Item = std::io::Result<Bytes>> + Send>>,
+pub(crate) struct SyncStream(
+    pub(crate) std::pin::Pin<Box<dyn futures_util::Stream<Item = std::io::Result<Bytes>> + Send>>,
 );
 
 impl futures_util::Stream for SyncStream {

@@ -11,6 +11,7 @@
 pub mod ecr_double;
 pub mod faults;
 pub mod iam;
+pub mod recording;
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -426,8 +427,9 @@ impl Skopeo {
         Ok(sha256(&self.raw(reference)?))
     }
 
-    /// Check that `repo_ref` (host/repo) holds the whole tree under `digest`:
-    /// every child manifest of an index is present, byte for byte.
+    /// Check that `name` (host/repo) holds the whole tree under `digest`:
+    /// every child manifest of an index is present, byte for byte, and
+    /// every blob of every image is there at its size (a HEAD each).
     pub fn assert_tree(&self, name: &str, digest: &str) -> Result<usize> {
         let raw = self.raw(&format!("{name}@{digest}"))?;
         if sha256(&raw) != digest {
@@ -441,33 +443,108 @@ impl Skopeo {
                 count += self.assert_tree(name, d)?;
             }
         }
+        let blobs = v["config"].as_object().into_iter().chain(
+            v["layers"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|l| l.as_object()),
+        );
+        for b in blobs {
+            let d = b
+                .get("digest")
+                .and_then(|d| d.as_str())
+                .context("blob digest")?;
+            let size = b
+                .get("size")
+                .and_then(|s| s.as_u64())
+                .context("blob size")?;
+            self.head_blob(name, d, size)?;
+        }
         Ok(count)
+    }
+
+    /// HEAD a blob with curl (an independent client, as skopeo is), checking
+    /// it exists at `size` bytes.
+    fn head_blob(&self, name: &str, digest: &str, size: u64) -> Result<()> {
+        let (host, repo) = name.split_once('/').context("name without a repository")?;
+        let scheme = if self.cert_dir.is_some() || self.tls_verify {
+            "https"
+        } else {
+            "http"
+        };
+        let mut cmd = Command::new("curl");
+        cmd.args([
+            "-sS",
+            "-I",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code} %header{content-length}",
+        ]);
+        if let Some(c) = &self.creds {
+            // Through a netrc-style config file, not argv.
+            let dir = tempfile_dir()?;
+            let path = dir.join("curl.conf");
+            std::fs::write(&path, format!("user = \"{c}\"\n"))?;
+            cmd.arg("-K").arg(&path);
+        }
+        if let Some(d) = &self.cert_dir {
+            cmd.arg("--cacert").arg(d.join("ca.crt"));
+        }
+        cmd.arg(format!("{scheme}://{host}/v2/{repo}/blobs/{digest}"));
+        let out = cmd.output().context("running curl")?;
+        let answer = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        if answer != format!("200 {size}") {
+            bail!("blob {digest} of {name}: HEAD answered {answer:?}, not 200 with {size} bytes");
+        }
+        Ok(())
+    }
+
+    /// Read the whole image at `reference` (every platform, every blob,
+    /// digests verified by skopeo) into a throwaway OCI layout. `Ok(false)`
+    /// when the tag does not exist; any other failure is an error.
+    pub fn complete(&self, reference: &str) -> Result<bool> {
+        let dir = tempfile_dir()?;
+        let mut cmd = Command::new("skopeo");
+        cmd.args(["copy", "--all", "--quiet", "--retry-times", "2"]);
+        cmd.arg(format!("--src-tls-verify={}", self.tls_verify));
+        if let Some(d) = &self.cert_dir {
+            cmd.arg("--src-cert-dir").arg(d);
+        }
+        if let Some(c) = &self.creds {
+            let (u, p) = c.split_once(':').context("creds")?;
+            let host = reference.split('/').next().unwrap_or_default();
+            let path = dir.join("auth.json");
+            std::fs::write(
+                &path,
+                json!({"auths": {host: {"auth": base64_encode(&format!("{u}:{p}"))}}}).to_string(),
+            )?;
+            cmd.arg("--src-authfile").arg(&path);
+        }
+        cmd.arg(format!("docker://{reference}"));
+        cmd.arg(format!("oci:{}:image", dir.join("layout").display()));
+        let out = cmd.output().context("running skopeo")?;
+        let _ = std::fs::remove_dir_all(&dir);
+        if out.status.success() {
+            return Ok(true);
+        }
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        // Only the tag itself missing is "absent"; a missing child or blob
+        // of a present tag is the failure this is here to catch.
+        let tag_missing = err.contains("manifest unknown")
+            && err.contains("reading manifest")
+            && !err.contains("@sha256:");
+        if tag_missing {
+            return Ok(false);
+        }
+        bail!("skopeo copy {reference}: {err}")
     }
 }
 
 fn base64_encode(s: &str) -> String {
-    use base64_lite::encode;
-    encode(s.as_bytes())
-}
-
-mod base64_lite {
-    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    pub fn encode(b: &[u8]) -> String {
-        let mut out = String::new();
-        for chunk in b.chunks(3) {
-            let n = (u32::from(chunk[0]) << 16)
-                | (u32::from(*chunk.get(1).unwrap_or(&0)) << 8)
-                | u32::from(*chunk.get(2).unwrap_or(&0));
-            for i in 0..4 {
-                if i <= chunk.len() {
-                    out.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
-                } else {
-                    out.push('=');
-                }
-            }
-        }
-        out
-    }
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(s.as_bytes())
 }
 
 fn tempfile_dir() -> Result<PathBuf> {
@@ -478,8 +555,10 @@ fn tempfile_dir() -> Result<PathBuf> {
 
 /// Count access-log lines of a stack registry matching all `needles`.
 pub fn count_requests(stack: &Stack, registry: &str, needles: &[&str]) -> usize {
-    let log =
-        std::fs::read_to_string(stack.dir.join(format!("{registry}.log"))).unwrap_or_default();
+    let path = stack.dir.join(format!("{registry}.log"));
+    // A missing log would count 0 and pass any "no such request" check.
+    let log = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("cannot read the access log {}: {e}", path.display()));
     log.lines()
         .filter(|l| l.contains("HTTP/1.1\"") && needles.iter().all(|n| l.contains(n)))
         .count()

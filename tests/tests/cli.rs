@@ -89,7 +89,9 @@ async fn worker_copy_output_and_exit_codes() {
         &[],
     );
     assert_eq!(code, 0);
-    for line in err.lines().filter(|l| !l.trim().is_empty()) {
+    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(lines.len() >= 2, "no log lines to check: {err}");
+    for line in lines {
         let v: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{line}: {e}"));
         assert!(v.get("level").is_some());
     }

@@ -173,7 +173,12 @@ async fn the_stack_creates_what_the_fleet_uses_and_the_fleet_runs_on_it() {
     assert!(emf[0]["BytesCopied"].as_f64().unwrap() > 0.0);
     assert!(emf[0]["QueueLagSeconds"].as_f64().is_some());
     // Every log line about the job carries its id.
-    for line in err.lines().filter(|l| l.contains("destination synced")) {
+    let synced: Vec<&str> = err
+        .lines()
+        .filter(|l| l.contains("destination synced"))
+        .collect();
+    assert_eq!(synced.len(), 1, "{err}");
+    for line in synced {
         let v: Value = serde_json::from_str(line).unwrap();
         assert!(v["span"]["job_id"].is_string(), "{line}");
         assert_eq!(v["span"]["source"], src, "{line}");

@@ -822,15 +822,19 @@ async fn a_refused_token_scope_reads_as_repository_not_found_or_not_accessible()
         format!("{}/team/app:1.0", hub.addr),
         format!("{}/{}:1.0", stack.dst, unique("f-scope")),
     );
-    let (code, out, err) = tokio::task::spawn_blocking(move || {
-        run_bin(
-            "mirrorfleet-worker",
-            &["copy", "--plain-http", &plain, &src, &dst],
-            &[],
-        )
-    })
-    .await
-    .unwrap();
+    let run = |creds: &'static [(&'static str, &'static str)]| {
+        let (plain, src, dst) = (plain.clone(), src.clone(), dst.clone());
+        tokio::task::spawn_blocking(move || {
+            run_bin(
+                "mirrorfleet-worker",
+                &["copy", "--plain-http", &plain, &src, &dst],
+                creds,
+            )
+        })
+    };
+    let (code, out, err) = run(&[("MIRRORFLEET_SRC_CREDS", "reader:secret")])
+        .await
+        .unwrap();
     assert_eq!(code, 1, "{out}\n{err}");
     assert!(
         out.contains(&format!(
@@ -839,5 +843,16 @@ async fn a_refused_token_scope_reads_as_repository_not_found_or_not_accessible()
         )),
         "{out}"
     );
-    assert!(!out.contains("login"), "{out}");
+    assert!(!out.contains("login to"), "{out}");
+    let (code, out, err) = run(&[]).await.unwrap();
+    assert_eq!(code, 1, "{out}\n{err}");
+    // Anonymous: the advice names both readings.
+    assert!(
+        out.contains(&format!(
+            "repository team/app on {} was not found or it needs credentials and none were found",
+            hub.addr
+        )),
+        "{out}"
+    );
+    assert!(!out.contains("login to"), "{out}");
 }

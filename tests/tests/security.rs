@@ -108,6 +108,12 @@ async fn no_secret_appears_at_trace_level() {
         &[("RUST_LOG", "trace")],
     );
     assert_eq!(code, 0, "{out}");
+    let copied = format!("{}/{repo}:v1", stack.token);
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with(&copied) && l.contains(" copied ")),
+        "{out}"
+    );
     output.push_str(&out);
     output.push_str(&err);
     assert!(output.contains("TRACE"), "trace logging was not on");
