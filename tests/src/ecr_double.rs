@@ -836,6 +836,7 @@ pub struct AwsGate {
     /// `http://127.0.0.1:PORT`: the `AWS_ENDPOINT_URL` for the process.
     pub url: String,
     calls: Arc<Mutex<Vec<(String, bool)>>>,
+    hold: Arc<Hold>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
@@ -857,6 +858,8 @@ impl AwsGate {
     pub fn start(moto: &str, policy: Policy) -> Result<AwsGate> {
         let calls: Arc<Mutex<Vec<(String, bool)>>> = Arc::new(Mutex::new(Vec::new()));
         let c = calls.clone();
+        let hold = Arc::new(Hold::default());
+        let held = hold.clone();
         let moto = moto.trim_end_matches('/').to_string();
         let (addrs, stop) = serve(1, move |_| {
             let http = reqwest::Client::builder()
@@ -865,14 +868,23 @@ impl AwsGate {
                 .expect("a plain reqwest client builds");
             let policy = Arc::new(policy);
             move |_: usize, req: Request<Incoming>| {
-                let (http, policy, moto, calls) =
-                    (http.clone(), policy.clone(), moto.clone(), c.clone());
-                async move { gate(req, &http, &policy, &moto, &calls).await }
+                let (http, policy, moto, calls, hold) = (
+                    http.clone(),
+                    policy.clone(),
+                    moto.clone(),
+                    c.clone(),
+                    held.clone(),
+                );
+                async move {
+                    hold.wait(&req).await;
+                    gate(req, &http, &policy, &moto, &calls).await
+                }
             }
         })?;
         Ok(AwsGate {
             url: format!("http://{}", addrs[0]),
             calls,
+            hold,
             stop: Some(stop),
         })
     }
@@ -884,6 +896,42 @@ impl AwsGate {
 
     pub fn count(&self, action: &str) -> usize {
         self.calls().iter().filter(|(a, _)| a == action).count()
+    }
+
+    /// Hold every call whose `X-Amz-Target` ends with `target` after the
+    /// first `after` of them, never answering (a stalled SQS send).
+    pub fn hold_after(&self, target: &str, after: usize) {
+        *self.hold.rule.lock().unwrap() = Some((target.to_string(), after));
+    }
+
+    /// Calls held so far.
+    pub fn held(&self) -> usize {
+        self.hold.held.load(Ordering::Relaxed) as usize
+    }
+}
+
+/// Which calls the gate holds without answering.
+#[derive(Default)]
+struct Hold {
+    rule: Mutex<Option<(String, usize)>>,
+    seen: AtomicU64,
+    held: AtomicU64,
+}
+
+impl Hold {
+    async fn wait(&self, req: &Request<Incoming>) {
+        let Some((target, after)) = self.rule.lock().unwrap().clone() else {
+            return;
+        };
+        let matches = req
+            .headers()
+            .get("x-amz-target")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|t| t.ends_with(&target));
+        if matches && self.seen.fetch_add(1, Ordering::Relaxed) as usize >= after {
+            self.held.fetch_add(1, Ordering::Relaxed);
+            std::future::pending::<()>().await;
+        }
     }
 }
 

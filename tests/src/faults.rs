@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use bytes::Bytes;
-use futures_util::StreamExt;
+use futures_util::{StreamExt, TryStreamExt};
 use http_body_util::{BodyExt, Full, StreamBody, combinators::UnsyncBoxBody};
 use hyper::body::{Frame, Incoming};
 use hyper::{Request, Response};
@@ -455,9 +455,12 @@ impl Shared {
             .unwrap())
     }
 
+    /// Forward with the body streamed as it arrives, never buffered: a
+    /// client that dies mid-upload delivers a cut upload to the registry.
     async fn forward(&self, req: Request<Incoming>) -> Result<reqwest::Response> {
         let (parts, body) = req.into_parts();
-        let body = body.collect().await?.to_bytes();
+        let stream = body.into_data_stream().map_err(std::io::Error::other);
+        let body = reqwest::Body::wrap_stream(crate::ecr_double::SyncStream(Box::pin(stream)));
         let path = parts
             .uri
             .path_and_query()
@@ -467,10 +470,7 @@ impl Shared {
         let method = reqwest::Method::from_bytes(parts.method.as_str().as_bytes())?;
         let mut out = self.http.request(method, url);
         for (k, v) in &parts.headers {
-            if matches!(
-                k.as_str(),
-                "host" | "content-length" | "transfer-encoding" | "connection"
-            ) {
+            if matches!(k.as_str(), "host" | "transfer-encoding" | "connection") {
                 continue;
             }
             out = out.header(k.as_str(), v.as_bytes());
