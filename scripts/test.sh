@@ -37,8 +37,23 @@ cargo test --workspace --locked --no-fail-fast 2>&1 | tee "$log" || status=$?
 scripts/stack.sh down
 trap - EXIT
 # One closing line for the whole run (cargo's own last line is a doc-test
-# summary that is often "0 passed").
-awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed;?$/) p += $i; if ($(i+1) ~ /^failed;?$/) f += $i; if ($(i+1) ~ /^ignored;?$/) ig += $i } }
-     END { printf "tests: %d passed, %d failed, %d skipped\n", p, f, ig }' "$log"
+# summary that is often "0 passed"). A test binary that started but printed
+# no "test result" line crashed, and a target that did not build never ran:
+# each counts as a failure. Fewer tests than the floor means tests went
+# missing (raise the floor as tests are added).
+FLOOR=190
+awk -v floor="$FLOOR" '
+     /^test result:/ { results++; for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed;?$/) p += $i; if ($(i+1) ~ /^failed;?$/) f += $i; if ($(i+1) ~ /^ignored;?$/) ig += $i } }
+     /^ *(Running|Doc-tests) / { started++ }
+     /^error(\[E[0-9]+\])?: could not compile/ { broken++ }
+     END {
+         crashed = started - results; if (crashed < 0) crashed = 0
+         f += crashed + broken
+         printf "tests: %d passed, %d failed, %d skipped\n", p, f, ig
+         if (crashed) printf "tests: %d test binaries ended without a result (crashed)\n", crashed
+         if (broken) printf "tests: %d targets did not build\n", broken
+         if (p < floor) { printf "tests: %d passed, fewer than the floor of %d: tests went missing\n", p, floor; exit 1 }
+         exit (f > 0)
+     }' "$log" || status=1
 rm -f "$log"
 exit "$status"

@@ -78,6 +78,9 @@ pub struct Counts {
     pub expired: AtomicU64,
     /// Headers removed (not a fault of its own, so not in [`Counts::faults`]).
     pub stripped: AtomicU64,
+    /// Faults that hit a blob transfer (a GET or an upload), which the
+    /// engine answers by restarting the whole transfer.
+    pub blob_faults: AtomicU64,
 }
 
 impl Counts {
@@ -243,6 +246,12 @@ fn cut() -> std::io::Error {
 }
 
 impl Shared {
+    fn note_blob_fault(&self, path: &str) {
+        if path.contains("/blobs/") {
+            self.counts.blob_faults.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     fn roll(&self, share: f64) -> bool {
         share > 0.0 && self.rng.lock().unwrap().random_bool(share.min(1.0))
     }
@@ -312,10 +321,12 @@ impl Shared {
         }
         if self.roll(f.stall) {
             self.counts.stalled.fetch_add(1, Ordering::Relaxed);
+            self.note_blob_fault(&path);
             tokio::time::sleep(f.stall_for).await;
         }
         if self.roll(f.server_error) {
             self.counts.server_errors.fetch_add(1, Ordering::Relaxed);
+            self.note_blob_fault(&path);
             let status = [500, 502, 503][(n % 3) as usize];
             return Ok(full(
                 status,
@@ -325,6 +336,7 @@ impl Shared {
         }
         if self.roll(f.throttle) {
             self.counts.throttled.fetch_add(1, Ordering::Relaxed);
+            self.note_blob_fault(&path);
             return Ok(full(
                 429,
                 &[("retry-after", "1")],
@@ -393,13 +405,16 @@ impl Shared {
         if drop_now && !has_body {
             // The registry did the work; the caller never hears of it.
             self.counts.dropped.fetch_add(1, Ordering::Relaxed);
+            self.note_blob_fault(&path);
             return Err(cut());
         }
         if drop_now {
             self.counts.dropped.fetch_add(1, Ordering::Relaxed);
+            self.note_blob_fault(&path);
         }
         if corrupt && has_body {
             self.counts.corrupted.fetch_add(1, Ordering::Relaxed);
+            self.note_blob_fault(&path);
         }
         let state = BodyState {
             stream: Box::pin(
