@@ -137,3 +137,38 @@ impl Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn what_is_worth_trying_later() {
+        let throttled_token = Error::Ecr(EcrError::Token {
+            account: "123456789012".into(),
+            region: "us-east-1".into(),
+            message: "ThrottlingException: Rate exceeded".into(),
+            transient: true,
+        });
+        assert!(throttled_token.is_transient());
+        let quota = Error::QuotaExhausted {
+            registry: "docker.io".into(),
+            message: "0 pulls left".into(),
+            retry_after: Duration::from_secs(3600),
+        };
+        assert!(quota.is_transient());
+        assert_eq!(quota.retry_after(), Some(Duration::from_secs(3600)));
+        assert!(quota.to_string().contains("trying again in 1h"), "{quota}");
+        let limited = Error::RateLimited {
+            registry: "r".into(),
+            message: "Rate exceeded".into(),
+            retry_after: None,
+        };
+        assert!(limited.is_transient() && limited.retry_after().is_none());
+        let bad_name = Error::Ecr(EcrError::InvalidName {
+            repository: "a__b".into(),
+        });
+        assert!(!bad_name.is_transient());
+    }
+}

@@ -54,15 +54,15 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use bytes::Bytes;
-use futures_util::{StreamExt, TryStreamExt};
-use http_body_util::{BodyExt, Full, StreamBody, combinators::UnsyncBoxBody};
-use hyper::body::{Frame, Incoming};
+use futures_util::TryStreamExt;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
 use hyper::{Request, Response};
 use mirrorfleet_common::ecr::TagMutability;
 
 use crate::iam::{ACCOUNT, Policy};
 
-type Body = UnsyncBoxBody<Bytes, std::io::Error>;
+use crate::serve::{Body, SyncStream, json, registry_error, relay, serve};
 
 /// The digest of zero bytes: a blob ECR cannot store.
 const EMPTY_SHA256: &str =
@@ -166,76 +166,6 @@ fn moto_ecr(endpoint: &str) -> aws_sdk_ecr::Client {
     aws_sdk_ecr::Client::from_conf(conf)
 }
 
-/// Serve `handle` on a fresh loopback port in a thread of its own; returns
-/// the address and the stop switch.
-pub(crate) fn serve<F, Fut>(
-    listeners: usize,
-    make: impl FnOnce(Vec<String>) -> F + Send + 'static,
-) -> Result<(Vec<String>, tokio::sync::oneshot::Sender<()>)>
-where
-    F: Fn(usize, Request<Incoming>) -> Fut + Send + Sync + Clone + 'static,
-    Fut: std::future::Future<Output = std::io::Result<Response<Body>>> + Send + 'static,
-{
-    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    std::thread::spawn(move || {
-        let rt = match tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-        {
-            Ok(rt) => rt,
-            Err(e) => {
-                let _ = addr_tx.send(Err(anyhow::anyhow!("runtime: {e}")));
-                return;
-            }
-        };
-        rt.block_on(async move {
-            let mut socks = Vec::new();
-            for _ in 0..listeners {
-                match tokio::net::TcpListener::bind("127.0.0.1:0").await {
-                    Ok(l) => socks.push(l),
-                    Err(e) => {
-                        let _ = addr_tx.send(Err(e.into()));
-                        return;
-                    }
-                }
-            }
-            let addrs: Vec<String> = socks
-                .iter()
-                .map(|l| l.local_addr().map(|a| a.to_string()).unwrap_or_default())
-                .collect();
-            let handler = make(addrs.clone());
-            let _ = addr_tx.send(Ok(addrs));
-            for (i, listener) in socks.into_iter().enumerate() {
-                let handler = handler.clone();
-                tokio::spawn(async move {
-                    loop {
-                        let Ok((sock, _)) = listener.accept().await else {
-                            return;
-                        };
-                        let handler = handler.clone();
-                        tokio::spawn(async move {
-                            let service = hyper::service::service_fn(move |req| {
-                                let handler = handler.clone();
-                                async move { handler(i, req).await }
-                            });
-                            let _ = hyper::server::conn::http1::Builder::new()
-                                .serve_connection(hyper_util::rt::TokioIo::new(sock), service)
-                                .await;
-                        });
-                    }
-                });
-            }
-            let _ = stop_rx.await;
-        });
-    });
-    let addrs = addr_rx
-        .recv()
-        .map_err(|_| anyhow::anyhow!("the server thread died"))??;
-    Ok((addrs, stop_tx))
-}
-
 impl EcrDouble {
     pub fn start(config: EcrConfig) -> Result<EcrDouble> {
         let holder: Arc<Mutex<Option<Arc<State>>>> = Arc::new(Mutex::new(None));
@@ -329,28 +259,6 @@ impl EcrDouble {
             .unwrap()
             .insert(tag.to_string());
     }
-}
-
-fn json(status: u16, headers: &[(&str, &str)], body: String) -> Response<Body> {
-    let mut r = Response::builder().status(status);
-    for (k, v) in headers {
-        r = r.header(*k, *v);
-    }
-    r.header("content-type", "application/json; charset=utf-8")
-        .body(
-            Full::new(Bytes::from(body))
-                .map_err(|never| match never {})
-                .boxed_unsync(),
-        )
-        .expect("static response parts are valid")
-}
-
-fn registry_error(status: u16, code: &str, message: &str) -> Response<Body> {
-    json(
-        status,
-        &[],
-        serde_json::json!({"errors": [{"code": code, "message": message}]}).to_string(),
-    )
 }
 
 /// What a registry request is: its IAM action and repository.
@@ -750,26 +658,7 @@ impl State {
 
     /// The upstream's answer, as the front's own (`Location` pointed back here).
     fn relay(&self, upstream: reqwest::Response) -> Response<Body> {
-        let mut builder = Response::builder().status(upstream.status().as_u16());
-        for (k, v) in upstream.headers() {
-            match k.as_str() {
-                "transfer-encoding" | "connection" => continue,
-                "location" => {
-                    let loc = v.to_str().unwrap_or_default().replace(
-                        &format!("//{}", self.config.upstream),
-                        &format!("//{}", self.addr),
-                    );
-                    builder = builder.header(k, loc);
-                }
-                _ => builder = builder.header(k, v),
-            }
-        }
-        let stream = upstream
-            .bytes_stream()
-            .map(|c| c.map(Frame::data).map_err(std::io::Error::other));
-        builder
-            .body(BodyExt::boxed_unsync(StreamBody::new(stream)))
-            .expect("relayed parts are valid")
+        relay(upstream, &self.config.upstream, &self.addr)
     }
 
     /// The "S3" host: presigned blob URLs; a request that also carries an
@@ -811,22 +700,6 @@ parameter or the Authorization header should be specified</Message><ArgumentName
 fn sha2_digest(b: &[u8]) -> Vec<u8> {
     use sha2::Digest as _;
     sha2::Sha256::digest(b).to_vec()
-}
-
-/// reqwest wants a `Sync` stream; hyper's body stream is only `Send`. The
-/// mutex is uncontended: one task polls it.
-pub(crate) struct SyncStream(
-    pub(crate) std::pin::Pin<Box<dyn futures_util::Stream<Item = std::io::Result<Bytes>> + Send>>,
-);
-
-impl futures_util::Stream for SyncStream {
-    type Item = std::io::Result<Bytes>;
-    fn poll_next(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Self::Item>> {
-        self.0.as_mut().poll_next(cx)
-    }
 }
 
 // ---------------------------------------------------------------- the gate

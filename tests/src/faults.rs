@@ -475,7 +475,7 @@ impl Shared {
     async fn forward(&self, req: Request<Incoming>) -> Result<reqwest::Response> {
         let (parts, body) = req.into_parts();
         let stream = body.into_data_stream().map_err(std::io::Error::other);
-        let body = reqwest::Body::wrap_stream(crate::ecr_double::SyncStream(Box::pin(stream)));
+        let body = reqwest::Body::wrap_stream(crate::serve::SyncStream(Box::pin(stream)));
         let path = parts
             .uri
             .path_and_query()

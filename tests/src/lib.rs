@@ -12,6 +12,7 @@ pub mod ecr_double;
 pub mod faults;
 pub mod iam;
 pub mod recording;
+mod serve;
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -671,6 +672,23 @@ pub fn run_bin(bin: &str, args: &[&str], env: &[(&str, &str)]) -> (i32, String, 
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// [`run_bin`] off the async runtime, for tests whose proxies run on it.
+pub async fn run_bin_off(bin: &str, args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let name = bin.to_string();
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    let env: Vec<(String, String)> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        run_bin(&name, &args, &env)
+    })
+    .await
+    .unwrap_or_else(|e| panic!("running {bin}: {e}"))
 }
 
 /// An engine over `settings`, with no Docker config and no explicit

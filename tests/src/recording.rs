@@ -23,11 +23,11 @@ use std::sync::{Arc, Mutex};
 use anyhow::Result;
 use bytes::Bytes;
 use futures_util::StreamExt;
-use http_body_util::{BodyExt, Full, StreamBody, combinators::UnsyncBoxBody};
-use hyper::body::{Frame, Incoming};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
 use hyper::{Request, Response};
 
-type Body = UnsyncBoxBody<Bytes, std::io::Error>;
+use crate::serve::{Body, SyncStream, registry_error, relay, serve};
 
 /// What the front does besides forwarding.
 #[derive(Debug, Clone, Default)]
@@ -110,7 +110,7 @@ impl RecordingFront {
         let holder: Arc<Mutex<Option<Arc<State>>>> = Arc::new(Mutex::new(None));
         let h = holder.clone();
         let upstream = upstream.to_string();
-        let (addrs, stop) = crate::ecr_double::serve(2, move |addrs| {
+        let (addrs, stop) = serve(2, move |addrs| {
             let state = Arc::new(State {
                 config,
                 upstream,
@@ -152,19 +152,6 @@ impl RecordingFront {
     pub fn violations(&self) -> Vec<String> {
         self.state.violations.lock().unwrap().clone()
     }
-}
-
-fn registry_error(status: u16, code: &str, message: &str) -> Response<Body> {
-    let body = serde_json::json!({"errors": [{"code": code, "message": message}]}).to_string();
-    Response::builder()
-        .status(status)
-        .header("content-type", "application/json")
-        .body(
-            Full::new(Bytes::from(body))
-                .map_err(|never| match never {})
-                .boxed_unsync(),
-        )
-        .expect("static response parts are valid")
 }
 
 /// `/v2/<repo>/manifests/<reference>` → (repo, reference).
@@ -419,7 +406,7 @@ impl State {
             }
             chunk.map_err(std::io::Error::other)
         });
-        let body = reqwest::Body::wrap_stream(crate::ecr_double::SyncStream(Box::pin(stream)));
+        let body = reqwest::Body::wrap_stream(SyncStream(Box::pin(stream)));
         let url = format!("http://{}{target}", self.upstream);
         let method = reqwest::Method::from_bytes(parts.method.as_str().as_bytes())
             .map_err(std::io::Error::other)?;
@@ -439,25 +426,6 @@ impl State {
             // The client's body broke off: the upload is cut at the registry.
             Err(e) => return Err(std::io::Error::other(e)),
         };
-        let mut builder = Response::builder().status(upstream.status().as_u16());
-        for (k, v) in upstream.headers() {
-            match k.as_str() {
-                "transfer-encoding" | "connection" => continue,
-                "location" => {
-                    let loc = v
-                        .to_str()
-                        .unwrap_or_default()
-                        .replace(&format!("//{}", self.upstream), &format!("//{}", self.addr));
-                    builder = builder.header(k, loc);
-                }
-                _ => builder = builder.header(k, v),
-            }
-        }
-        let stream = upstream
-            .bytes_stream()
-            .map(|c| c.map(Frame::data).map_err(std::io::Error::other));
-        Ok(builder
-            .body(BodyExt::boxed_unsync(StreamBody::new(stream)))
-            .expect("relayed parts are valid"))
+        Ok(relay(upstream, &self.upstream, &self.addr))
     }
 }

@@ -21,6 +21,13 @@ fn ecr_skopeo(stack: &Stack) -> Skopeo {
     }
 }
 
+/// The digest at `repo:tag` of the registry behind the ECR host, read by skopeo.
+fn ecr_digest(stack: &Stack, name: &str) -> String {
+    ecr_skopeo(stack)
+        .digest(&format!("{}/{name}", stack.ecr))
+        .unwrap()
+}
+
 /// `worker copy` as the front's role; (exit code, stdout, stderr).
 fn copy(stack: &Stack, front: &EcrFront, extra: &str, args: &[&str]) -> (i32, String, String) {
     let settings = front.settings(&[&stack.src, &stack.dst], extra);
@@ -81,12 +88,7 @@ async fn a_permission_missing_from_the_template_fails_the_copy_naming_it() {
     let dest = format!("{ECR_HOST}/{repo}:v1");
     let (code, out, err) = copy(&stack, &front, "", &[&src, &dest]);
     assert_eq!(code, 0, "{out}\n{err}");
-    assert_eq!(
-        ecr_skopeo(&stack)
-            .digest(&format!("{}/{repo}:v1", stack.ecr))
-            .unwrap(),
-        digest
-    );
+    assert_eq!(ecr_digest(&stack, &format!("{repo}:v1")), digest);
 }
 
 /// Where tag listing is refused (it takes `ecr:ListImages`), a destination
@@ -125,12 +127,7 @@ async fn a_refused_tag_listing_is_unknown_not_fatal() {
     assert_eq!(code, 0, "{out}\n{err}");
     assert_eq!(front.double.count("ecr:ListImages", Some(403)), 1);
     assert!(front.double.count("ecr:BatchCheckLayerAvailability", None) >= 3);
-    assert_eq!(
-        ecr_skopeo(&stack)
-            .digest(&format!("{}/{repo}:v1", stack.ecr))
-            .unwrap(),
-        digest
-    );
+    assert_eq!(ecr_digest(&stack, &format!("{repo}:v1")), digest);
 }
 
 /// ECR refuses any push to an existing immutable tag, even of the same
@@ -158,12 +155,7 @@ async fn an_immutable_tag_holding_the_digest_is_success_after_a_lost_reply_or_a_
         "{:?}",
         front.double.seen()
     );
-    assert_eq!(
-        ecr_skopeo(&stack)
-            .digest(&format!("{}/{repo}:v1", stack.ecr))
-            .unwrap(),
-        digest
-    );
+    assert_eq!(ecr_digest(&stack, &format!("{repo}:v1")), digest);
 
     let raced = format!("{repo}-race");
     create_repository(&stack, &raced, "IMMUTABLE", &[]).await;
@@ -181,12 +173,7 @@ async fn an_immutable_tag_holding_the_digest_is_success_after_a_lost_reply_or_a_
         let (code, out, err) = r.join().unwrap();
         assert_eq!(code, 0, "{out}\n{err}");
     }
-    assert_eq!(
-        ecr_skopeo(&stack)
-            .digest(&format!("{}/{raced}:v1", stack.ecr))
-            .unwrap(),
-        digest
-    );
+    assert_eq!(ecr_digest(&stack, &format!("{raced}:v1")), digest);
 }
 
 /// `IMMUTABLE_WITH_EXCLUSION` from the settings is created as such, and its
@@ -309,12 +296,7 @@ async fn redirected_blob_gets_carry_no_credentials_and_a_refused_mount_uploads()
             .unwrap(),
         digest
     );
-    assert_eq!(
-        ecr_skopeo(&stack)
-            .digest(&format!("{}/{repo}-copy:v1", stack.ecr))
-            .unwrap(),
-        digest
-    );
+    assert_eq!(ecr_digest(&stack, &format!("{repo}-copy:v1")), digest);
     let report: Value = serde_json::from_str(&out).unwrap();
     let to_ecr = report["destinations"]
         .as_array()
@@ -354,12 +336,7 @@ async fn throttled_image_pushes_and_uploads_back_off_and_complete() {
     assert_eq!(code, 0, "{out}\n{err}");
     assert!(front.double.count("ecr:CompleteLayerUpload", Some(429)) >= 1);
     assert!(front.double.count("ecr:PutImage", Some(429)) >= 1);
-    assert_eq!(
-        ecr_skopeo(&stack)
-            .digest(&format!("{}/{repo}:v1", stack.ecr))
-            .unwrap(),
-        digest
-    );
+    assert_eq!(ecr_digest(&stack, &format!("{repo}:v1")), digest);
 }
 
 /// What ECR cannot take gets a plain, permanent error: a 0-byte blob, and a
@@ -539,4 +516,62 @@ fn the_permissions_in_the_deploy_guide_are_the_templates() {
             "{role}: docs/deploy.md and the template differ"
         );
     }
+}
+
+/// An OCI 1.1 artifact naming a subject, which ECR answers with 405
+/// (aws/containers-roadmap#2783): the image is mirrored, and the warning
+/// says in plain words that the destination refuses that kind of manifest.
+#[tokio::test]
+async fn a_refused_artifact_manifest_is_a_plain_warning_not_a_failure() {
+    let stack = Stack::get();
+    let repo = unique("ecr-sbom");
+    let image = push_image(&stack, &repo, "v1").await;
+    let p = Pusher::new(Target::plain(&stack.src)).unwrap();
+    let image_raw = Skopeo::plain()
+        .raw(&format!("{}/{repo}@{image}", stack.src))
+        .unwrap();
+    let cfg = p
+        .blob_typed(&repo, b"{}", "application/vnd.oci.empty.v1+json")
+        .await
+        .unwrap();
+    let sbom = p
+        .blob_typed(&repo, &random_bytes(300), "text/spdx+json")
+        .await
+        .unwrap();
+    let artifact = serde_json::to_vec(&json!({"schemaVersion": 2, "mediaType": OCI_MANIFEST,
+        "artifactType": "text/spdx+json", "config": cfg, "layers": [sbom],
+        "subject": {"mediaType": OCI_INDEX, "digest": image, "size": image_raw.len()}}))
+    .unwrap();
+    p.manifest(&repo, &sha256(&artifact), OCI_MANIFEST, &artifact)
+        .await
+        .unwrap();
+    // Where there is no referrers API: the tag schema index names it.
+    let index = serde_json::to_vec(&json!({"schemaVersion": 2, "mediaType": OCI_INDEX,
+        "manifests": [{"mediaType": OCI_MANIFEST, "digest": sha256(&artifact),
+            "size": artifact.len(), "artifactType": "text/spdx+json"}]}))
+    .unwrap();
+    p.manifest(&repo, &image.replace(':', "-"), OCI_INDEX, &index)
+        .await
+        .unwrap();
+    let front = EcrFront::start(&stack, "CopyRole");
+    let (code, out, err) = copy(
+        &stack,
+        &front,
+        "",
+        &[
+            "--output",
+            "json",
+            &format!("{}/{repo}:v1", stack.src),
+            &format!("{ECR_HOST}/{repo}:v1"),
+        ],
+    );
+    assert_eq!(code, 0, "{out}\n{err}");
+    let report: Value = serde_json::from_str(&out).unwrap();
+    let warnings = report["destinations"][0]["warnings"].to_string();
+    assert!(
+        warnings.contains("the destination refuses this kind of manifest (HTTP 405"),
+        "{report}"
+    );
+    assert_eq!(front.double.count("ecr:PutImage", Some(405)), 1);
+    assert_eq!(ecr_digest(&stack, &format!("{repo}:v1")), image);
 }

@@ -409,22 +409,15 @@ async fn an_expired_ecr_token_is_refreshed_and_the_copy_succeeds() {
         format!("{ECR_HOST}/{repo}:v1"),
     );
     let env = front.env(&stack);
-    let (code, out, err) = tokio::task::spawn_blocking(move || {
-        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        run_bin(
-            "mirrorfleet-worker",
-            &[
-                "copy",
-                "--registries",
-                settings.to_str().unwrap(),
-                &src,
-                &dst,
-            ],
-            &env,
-        )
-    })
-    .await
-    .unwrap();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let args = [
+        "copy",
+        "--registries",
+        settings.to_str().unwrap(),
+        &src,
+        &dst,
+    ];
+    let (code, out, err) = run_bin_off("mirrorfleet-worker", &args, &env).await;
     assert_eq!(code, 0, "{out}\n{err}");
     assert_eq!(front.double.expired(), 1);
     assert!(err.contains("token expired; fetching a new one"), "{err}");
@@ -823,18 +816,14 @@ async fn a_refused_token_scope_reads_as_repository_not_found_or_not_accessible()
         format!("{}/{}:1.0", stack.dst, unique("f-scope")),
     );
     let run = |creds: &'static [(&'static str, &'static str)]| {
-        let (plain, src, dst) = (plain.clone(), src.clone(), dst.clone());
-        tokio::task::spawn_blocking(move || {
-            run_bin(
-                "mirrorfleet-worker",
-                &["copy", "--plain-http", &plain, &src, &dst],
-                creds,
-            )
-        })
+        let args = ["copy", "--plain-http", &plain, &src, &dst];
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        async move {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            run_bin_off("mirrorfleet-worker", &args, creds).await
+        }
     };
-    let (code, out, err) = run(&[("MIRRORFLEET_SRC_CREDS", "reader:secret")])
-        .await
-        .unwrap();
+    let (code, out, err) = run(&[("MIRRORFLEET_SRC_CREDS", "reader:secret")]).await;
     assert_eq!(code, 1, "{out}\n{err}");
     assert!(
         out.contains(&format!(
@@ -844,7 +833,7 @@ async fn a_refused_token_scope_reads_as_repository_not_found_or_not_accessible()
         "{out}"
     );
     assert!(!out.contains("login to"), "{out}");
-    let (code, out, err) = run(&[]).await.unwrap();
+    let (code, out, err) = run(&[]).await;
     assert_eq!(code, 1, "{out}\n{err}");
     // Anonymous: the advice names both readings.
     assert!(

@@ -74,15 +74,12 @@ async fn manifests_are_pushed_only_after_everything_they_reference() {
         format!("{}/{repo}:v1", stack.src),
         format!("{}/{repo}:v1", front.addr),
     );
-    let (code, out, err) = tokio::task::spawn_blocking(move || {
-        run_bin(
-            "mirrorfleet-worker",
-            &["copy", "--plain-http", &plain, &src, &dst],
-            &[],
-        )
-    })
-    .await
-    .unwrap();
+    let (code, out, err) = run_bin_off(
+        "mirrorfleet-worker",
+        &["copy", "--plain-http", &plain, &src, &dst],
+        &[],
+    )
+    .await;
     assert_eq!(code, 0, "{out}\n{err}");
     let puts = front
         .log()
@@ -140,15 +137,12 @@ async fn a_corrupt_source_blob_never_reaches_the_destination_whole() {
         format!("{}/{repo}:v1", sp.addr),
         format!("{}/{repo}:v1", front.addr),
     );
-    let (code, out, err) = tokio::task::spawn_blocking(move || {
-        run_bin(
-            "mirrorfleet-worker",
-            &["copy", "--plain-http", &plain, &src, &dst],
-            &[],
-        )
-    })
-    .await
-    .unwrap();
+    let (code, out, err) = run_bin_off(
+        "mirrorfleet-worker",
+        &["copy", "--plain-http", &plain, &src, &dst],
+        &[],
+    )
+    .await;
     assert_eq!(code, 1, "{out}\n{err}");
     assert!(out.contains("does not match its digest"), "{out}");
     let log = front.log();
@@ -197,18 +191,15 @@ async fn source_credentials_never_reach_the_destination_or_a_redirect() {
         format!("{}/{repo}:v1", src.addr),
         format!("{}/{repo}:v1", dst.addr),
     );
-    let (code, out, err) = tokio::task::spawn_blocking(move || {
-        run_bin(
-            "mirrorfleet-worker",
-            &["copy", "--plain-http", &plain, &from, &to],
-            &[
-                ("MIRRORFLEET_SRC_CREDS", src_creds),
-                ("MIRRORFLEET_DEST_CREDS", dst_creds),
-            ],
-        )
-    })
-    .await
-    .unwrap();
+    let (code, out, err) = run_bin_off(
+        "mirrorfleet-worker",
+        &["copy", "--plain-http", &plain, &from, &to],
+        &[
+            ("MIRRORFLEET_SRC_CREDS", src_creds),
+            ("MIRRORFLEET_DEST_CREDS", dst_creds),
+        ],
+    )
+    .await;
     assert_eq!(code, 0, "{out}\n{err}");
     assert_eq!(
         Skopeo::plain()
