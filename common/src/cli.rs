@@ -326,6 +326,11 @@ pub enum OutputFormat {
     Json,
 }
 
+/// Parse a duration flag: `30s`, `5m`, `1h`.
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e}"))
+}
+
 /// Human-readable byte counts (`12.3 MB`).
 pub fn human_bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];

@@ -1327,7 +1327,7 @@ impl Engine {
             if !self.wanted(Some(artifact_type)) {
                 continue;
             }
-            let tag = format!("{}{suffix}", subject.tag_form());
+            let tag = subject.cosign_tag(suffix);
             if let Some(head) = src.head_manifest(repo, &tag).await? {
                 found.artifacts.push(Artifact {
                     digest: head.digest,

@@ -72,6 +72,12 @@ impl Digest {
     pub fn tag_form(&self) -> String {
         format!("{}-{}", self.algorithm.name(), self.hex)
     }
+
+    /// cosign's tag for an artifact of this digest: the tag form and a
+    /// suffix (`.sig`, `.att`, `.sbom`: see `copy::COSIGN_TAGS`).
+    pub fn cosign_tag(&self, suffix: &str) -> String {
+        format!("{}{suffix}", self.tag_form())
+    }
 }
 
 impl fmt::Display for Digest {

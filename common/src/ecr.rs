@@ -254,8 +254,6 @@ pub struct Ecr {
     clients: Mutex<HashMap<ClientKey, aws_sdk_ecr::Client>>,
     tokens: std::sync::Mutex<HashMap<TokenKey, TokenSlot>>,
     repositories: std::sync::Mutex<HashMap<(EcrHost, String), RepositoryInfo>>,
-    /// `GetAuthorizationToken` calls made, for reports and tests.
-    pub token_fetches: std::sync::atomic::AtomicU64,
 }
 
 /// Refresh this long before ECR's stated expiry.
@@ -357,8 +355,6 @@ impl Ecr {
             transient,
         };
         let client = self.client(host, role_arn).await;
-        self.token_fetches
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         #[allow(deprecated)] // registryIds still selects the account for cross-account pulls
         let out = client
             .get_authorization_token()

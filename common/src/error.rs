@@ -120,7 +120,9 @@ impl Error {
             Error::Transport { .. } | Error::RateLimited { .. } | Error::QuotaExhausted { .. } => {
                 true
             }
-            Error::Registry { status, .. } => *status == 429 || *status >= 500,
+            // What the retry table retries is what is worth trying later.
+            Error::Registry { status, .. } => reqwest::StatusCode::from_u16(*status)
+                .is_ok_and(|s| crate::retry::classify(s) == crate::retry::Class::Retry),
             Error::Ecr(e) => e.is_transient(),
             _ => false,
         }
@@ -166,6 +168,25 @@ mod tests {
             retry_after: None,
         };
         assert!(limited.is_transient() && limited.retry_after().is_none());
+        let status = |status| Error::Registry {
+            registry: "r".into(),
+            status,
+            code: None,
+            message: String::new(),
+        };
+        // The same answers as the retry table's.
+        for (code, transient) in [
+            (408, true),
+            (425, true),
+            (429, true),
+            (500, true),
+            (501, false),
+            (503, true),
+            (505, false),
+            (404, false),
+        ] {
+            assert_eq!(status(code).is_transient(), transient, "{code}");
+        }
         let bad_name = Error::Ecr(EcrError::InvalidName {
             repository: "a__b".into(),
         });

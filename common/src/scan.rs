@@ -42,9 +42,9 @@ impl EventFilter {
     /// For a push of a signature, attestation or SBOM under its tag
     /// (`sha256-<hex>`, `.sig`, `.att`, `.sbom`): the digest it is about.
     pub fn referrer_subject(&self) -> Option<String> {
-        let stem = COSIGN_SUFFIXES
+        let stem = crate::copy::COSIGN_TAGS
             .iter()
-            .find_map(|s| self.tag.strip_suffix(s))
+            .find_map(|(s, _)| self.tag.strip_suffix(s))
             .unwrap_or(&self.tag);
         let hex = stem.strip_prefix("sha256-")?;
         (hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
@@ -123,15 +123,15 @@ struct Ctx<'a> {
     opts: &'a ScanOptions,
 }
 
-/// cosign's tags next to the tag schema index `sha256-<hex>`.
-const COSIGN_SUFFIXES: [&str; 3] = [".sig", ".att", ".sbom"];
-
 /// The tags a referrer of `digest` is stored under where there is no
 /// referrers API: the tag schema index, then cosign's.
 fn referrer_tags(digest: &crate::digest::Digest) -> Vec<String> {
-    let stem = digest.to_string().replace(':', "-");
-    std::iter::once(stem.clone())
-        .chain(COSIGN_SUFFIXES.iter().map(|s| format!("{stem}{s}")))
+    std::iter::once(digest.tag_form())
+        .chain(
+            crate::copy::COSIGN_TAGS
+                .iter()
+                .map(|(suffix, _)| digest.cosign_tag(suffix)),
+        )
         .collect()
 }
 
@@ -157,7 +157,8 @@ pub struct RowPlan {
     pub plan: Result<Plan, String>,
 }
 
-async fn probe(engine: &Engine, r: &Reference, role: Role) -> Probe {
+/// HEAD one image: its digest, missing, or why it cannot be read.
+pub async fn probe(engine: &Engine, r: &Reference, role: Role) -> Probe {
     let reg = match engine.registries().get(r.registry(), role).await {
         Ok(reg) => reg,
         Err(e) => return Probe::Error(e.to_string()),

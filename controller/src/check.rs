@@ -5,9 +5,10 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Args;
-use mirrorfleet_common::Reference;
 use mirrorfleet_common::cli::{OutputFormat, RegistryArgs, SourceDestArgs, table};
+use mirrorfleet_common::plan::Probe;
 use mirrorfleet_common::registries::Role;
+use mirrorfleet_common::scan::probe;
 use serde::Serialize;
 
 #[derive(Debug, Args)]
@@ -50,45 +51,36 @@ pub async fn main(args: CheckArgs) -> ExitCode {
 async fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
     let (source, dests) = args.images.references()?;
     let engine = args.registry.engine().context("registry configuration")?;
-    let registries = engine.registries();
 
-    let head = |r: Reference, role: Role| async move {
-        let reg = registries.get(r.registry(), role).await?;
-        reg.head_manifest(r.repository(), &r.manifest_ref()).await
+    // The controller's own probe: the same HEAD, the same words.
+    let src = probe(&engine, &source, Role::Source).await;
+    let src_digest = match &src {
+        Probe::Found(d) => Some(d.clone()),
+        _ => None,
     };
-    let src = head(source.clone(), Role::Source).await;
-    let src_digest = src
-        .as_ref()
-        .ok()
-        .and_then(|h| h.as_ref())
-        .map(|h| h.digest.clone());
     let mut rows = vec![Row {
         image: source.to_string(),
         role: "source",
         digest: src_digest.as_ref().map(ToString::to_string),
         in_sync: src_digest.is_some(),
-        error: match &src {
-            Err(e) => Some(e.to_string()),
-            Ok(None) => Some("not found".into()),
-            Ok(Some(_)) => None,
+        error: match src {
+            Probe::Error(e) => Some(e),
+            Probe::Missing => Some("not found".into()),
+            Probe::Found(_) => None,
         },
     }];
     for d in dests {
-        let h = head(d.clone(), Role::Destination).await;
-        let digest = h
-            .as_ref()
-            .ok()
-            .and_then(|h| h.as_ref())
-            .map(|h| h.digest.clone());
+        let (digest, error) = match probe(&engine, &d, Role::Destination).await {
+            Probe::Found(x) => (Some(x), None),
+            Probe::Missing => (None, None),
+            Probe::Error(e) => (None, Some(e)),
+        };
         rows.push(Row {
             image: d.to_string(),
             role: "destination",
             in_sync: digest.is_some() && digest == src_digest,
             digest: digest.map(|x| x.to_string()),
-            error: match h {
-                Err(e) => Some(e.to_string()),
-                Ok(_) => None,
-            },
+            error,
         });
     }
     match args.output {

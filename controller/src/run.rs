@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::Context;
 use clap::Args;
@@ -45,7 +45,7 @@ pub struct RunArgs {
     probe_concurrency: usize,
     /// Queue a destination again when it has been `queued` this long with no
     /// result (its message was lost, or a controller died before sending it).
-    #[arg(long, env = "MIRRORFLEET_REQUEUE_AFTER", default_value = "1h", value_parser = parse_duration)]
+    #[arg(long, env = "MIRRORFLEET_REQUEUE_AFTER", default_value = "1h", value_parser = mirrorfleet_common::cli::parse_duration)]
     requeue_after: std::time::Duration,
     /// Also compare signature and attestation tags (`sha256-<hex>`, `.sig`,
     /// `.att`, `.sbom`) of images in sync, so one signed after it was
@@ -245,9 +245,4 @@ pub fn print_plan(plans: &[RowPlan], output: OutputFormat) -> anyhow::Result<()>
         ),
     }
     Ok(())
-}
-
-/// Parse `30s`, `5m`, `1h`.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e}"))
 }

@@ -42,7 +42,7 @@ pub struct SyncArgs {
     #[arg(long, env = "MIRRORFLEET_MAX_ATTEMPTS", default_value_t = 3)]
     max_attempts: u32,
     /// Repeat every INTERVAL (e.g. 10m) until interrupted.
-    #[arg(long, env = "MIRRORFLEET_WATCH", value_parser = crate::run::parse_duration)]
+    #[arg(long, env = "MIRRORFLEET_WATCH", value_parser = mirrorfleet_common::cli::parse_duration)]
     watch: Option<Duration>,
     #[command(flatten)]
     registry: RegistryArgs,

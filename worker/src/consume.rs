@@ -33,23 +33,19 @@ pub struct ConsumeArgs {
     #[arg(long = "jobs", env = "MIRRORFLEET_JOBS", default_value_t = 4)]
     jobs: usize,
     /// How long a received job stays hidden from other workers; extended every third of it while the copy runs.
-    #[arg(long, env = "MIRRORFLEET_VISIBILITY", default_value = "2m", value_parser = parse_duration)]
+    #[arg(long, env = "MIRRORFLEET_VISIBILITY", default_value = "2m", value_parser = mirrorfleet_common::cli::parse_duration)]
     visibility: Duration,
     /// Exit after the queue has stayed empty this long (e.g. 60s).
-    #[arg(long, env = "MIRRORFLEET_EXIT_WHEN_IDLE", value_parser = parse_duration)]
+    #[arg(long, env = "MIRRORFLEET_EXIT_WHEN_IDLE", value_parser = mirrorfleet_common::cli::parse_duration)]
     exit_when_idle: Option<Duration>,
     /// Long-poll wait per receive (at most 20s).
-    #[arg(long, env = "MIRRORFLEET_WAIT", default_value = "20s", value_parser = parse_duration)]
+    #[arg(long, env = "MIRRORFLEET_WAIT", default_value = "20s", value_parser = mirrorfleet_common::cli::parse_duration)]
     wait: Duration,
     #[command(flatten)]
     registry: RegistryArgs,
     /// Summary format on stdout at exit.
     #[arg(long, env = "MIRRORFLEET_OUTPUT", value_enum, default_value_t = OutputFormat::Text)]
     output: OutputFormat,
-}
-
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e}"))
 }
 
 pub async fn main(args: ConsumeArgs, shutdown: CancellationToken) -> ExitCode {
