@@ -603,21 +603,15 @@ impl Registry {
                         message: error_message(&body).1,
                     });
                 }
-                Class::Retry if is_pull && status == StatusCode::TOO_MANY_REQUESTS => {
-                    if let Some(e) = self.quota_exhausted() {
+                Class::Retry => {
+                    // A pull refused because the quota is used up: every
+                    // retry would be refused too, until the window resets.
+                    if is_pull
+                        && status == StatusCode::TOO_MANY_REQUESTS
+                        && let Some(e) = self.quota_exhausted()
+                    {
                         return Err(e);
                     }
-                    let server_delay = retry::retry_after(resp.headers());
-                    match delays.next() {
-                        Some(d) => {
-                            self.stats.retries.fetch_add(1, Ordering::Relaxed);
-                            tokio::time::sleep(server_delay.unwrap_or(d)).await;
-                            continue;
-                        }
-                        None => return Err(self.status_error(resp).await),
-                    }
-                }
-                Class::Retry => {
                     let server_delay = retry::retry_after(resp.headers());
                     match delays.next() {
                         Some(d) => {

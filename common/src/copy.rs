@@ -1075,7 +1075,7 @@ impl Engine {
             } else {
                 m.digest.to_string()
             };
-            match put_manifest_once(reg, repo, &reference, m).await {
+            match put_manifest_idempotent(reg, repo, &reference, m).await {
                 Ok(()) => {}
                 Err(e)
                     if matches!(
@@ -1092,7 +1092,7 @@ impl Engine {
                     if d.failed() {
                         return Ok(());
                     }
-                    put_manifest_once(reg, repo, &reference, m).await?;
+                    put_manifest_idempotent(reg, repo, &reference, m).await?;
                 }
                 Err(e) => return Err(e),
             }
@@ -1106,7 +1106,7 @@ impl Engine {
 /// existing immutable tag with `TAG_INVALID`, even of the same digest: after
 /// a reply that was lost (and retried), or another worker's push, the tag
 /// may already hold exactly this manifest, which is success.
-async fn put_manifest_once(
+async fn put_manifest_idempotent(
     reg: &Registry,
     repo: &str,
     reference: &str,
@@ -1455,7 +1455,7 @@ impl Engine {
         {
             return Ok(());
         }
-        put_manifest_once(reg, repo, tag, index).await?;
+        put_manifest_idempotent(reg, repo, tag, index).await?;
         d.manifests.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
