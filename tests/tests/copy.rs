@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use mirrorfleet_common::CopyReport;
-use mirrorfleet_common::auth::{Credentials, DockerConfig};
+use mirrorfleet_common::auth::DockerConfig;
 use mirrorfleet_common::copy::{CopyOptions, Engine, Outcome};
 use mirrorfleet_common::registries::Registries;
 use mirrorfleet_common::settings::{RegistrySettings, Settings};
@@ -683,36 +683,4 @@ async fn blob_not_matching_its_digest_is_refused_and_nothing_is_pushed() {
         404,
         "the corrupt blob reached the destination"
     );
-}
-
-#[test]
-fn source_credentials_are_not_used_for_destinations() {
-    // Explicit --src-creds must never be sent to a destination registry.
-    let r = Registries::new(
-        Settings::default(),
-        DockerConfig::default(),
-        Some(Credentials::from_user_pass("src:secret").unwrap()),
-        None,
-    );
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let (a, b) = rt.block_on(async {
-        (
-            r.get(
-                "a.example.com",
-                mirrorfleet_common::registries::Role::Source,
-            )
-            .await
-            .unwrap(),
-            r.get(
-                "a.example.com",
-                mirrorfleet_common::registries::Role::Destination,
-            )
-            .await
-            .unwrap(),
-        )
-    });
-    assert!(!Arc::ptr_eq(&a, &b));
 }
