@@ -62,7 +62,7 @@ use mirrorfleet_common::ecr::TagMutability;
 
 use crate::iam::{ACCOUNT, Policy};
 
-use crate::serve::{Body, SyncStream, json, registry_error, relay, serve};
+use crate::serve::{Body, SyncStream, json, registry_error, relay, serve, upstream_request};
 
 /// The digest of zero bytes: a blob ECR cannot store.
 const EMPTY_SHA256: &str =
@@ -643,15 +643,7 @@ impl State {
             format!("?{query}")
         };
         let url = format!("http://{}{}{q}", self.config.upstream, parts.uri.path());
-        let method = reqwest::Method::from_bytes(parts.method.as_str().as_bytes())
-            .map_err(std::io::Error::other)?;
-        let mut out = self.http.request(method, url);
-        for (k, v) in &parts.headers {
-            if matches!(k.as_str(), "host" | "transfer-encoding" | "connection") {
-                continue;
-            }
-            out = out.header(k.as_str(), v.as_bytes());
-        }
+        let out = upstream_request(&self.http, &parts, url, &[])?;
         let upstream = out.body(body).send().await.map_err(std::io::Error::other)?;
         Ok(self.relay(upstream))
     }
@@ -862,18 +854,8 @@ async fn gate(
         "{moto}{}",
         parts.uri.path_and_query().map_or("/", |p| p.as_str())
     );
-    let method = reqwest::Method::from_bytes(parts.method.as_str().as_bytes())
-        .map_err(std::io::Error::other)?;
-    let mut out = http.request(method, url);
-    for (k, v) in &parts.headers {
-        if matches!(
-            k.as_str(),
-            "host" | "transfer-encoding" | "connection" | "content-length"
-        ) {
-            continue;
-        }
-        out = out.header(k.as_str(), v.as_bytes());
-    }
+    // The body was read whole: reqwest sets its length.
+    let out = upstream_request(http, &parts, url, &["content-length"])?;
     let upstream = out.body(body).send().await.map_err(std::io::Error::other)?;
     let mut builder = Response::builder().status(upstream.status().as_u16());
     for (k, v) in upstream.headers() {

@@ -482,14 +482,7 @@ impl Shared {
             .map(|p| p.as_str())
             .unwrap_or("/");
         let url = format!("http://{}{path}", self.upstream);
-        let method = reqwest::Method::from_bytes(parts.method.as_str().as_bytes())?;
-        let mut out = self.http.request(method, url);
-        for (k, v) in &parts.headers {
-            if matches!(k.as_str(), "host" | "transfer-encoding" | "connection") {
-                continue;
-            }
-            out = out.header(k.as_str(), v.as_bytes());
-        }
+        let out = crate::serve::upstream_request(&self.http, &parts, url, &[])?;
         Ok(out.body(body).send().await?)
     }
 }

@@ -27,7 +27,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{Request, Response};
 
-use crate::serve::{Body, SyncStream, registry_error, relay, serve};
+use crate::serve::{Body, SyncStream, registry_error, relay, serve, upstream_request};
 
 /// What the front does besides forwarding.
 #[derive(Debug, Clone, Default)]
@@ -408,19 +408,8 @@ impl State {
         });
         let body = reqwest::Body::wrap_stream(SyncStream(Box::pin(stream)));
         let url = format!("http://{}{target}", self.upstream);
-        let method = reqwest::Method::from_bytes(parts.method.as_str().as_bytes())
-            .map_err(std::io::Error::other)?;
-        let mut out = self.http.request(method, url);
-        for (k, v) in &parts.headers {
-            // The upstream takes no login: the front's own is stripped.
-            if matches!(
-                k.as_str(),
-                "host" | "transfer-encoding" | "connection" | "authorization"
-            ) {
-                continue;
-            }
-            out = out.header(k.as_str(), v.as_bytes());
-        }
+        // The upstream takes no login: the front's own is stripped.
+        let out = upstream_request(&self.http, &parts, url, &["authorization"])?;
         let upstream = match out.body(body).send().await {
             Ok(r) => r,
             // The client's body broke off: the upload is cut at the registry.

@@ -119,6 +119,27 @@ pub(crate) fn registry_error(status: u16, code: &str, message: &str) -> Response
     )
 }
 
+/// The request in `parts` as one to `url`, with its method and headers but
+/// the hop-by-hop ones and those named in `drop` (always `host`).
+pub(crate) fn upstream_request(
+    http: &reqwest::Client,
+    parts: &hyper::http::request::Parts,
+    url: String,
+    drop: &[&str],
+) -> std::io::Result<reqwest::RequestBuilder> {
+    let method = reqwest::Method::from_bytes(parts.method.as_str().as_bytes())
+        .map_err(std::io::Error::other)?;
+    let mut out = http.request(method, url);
+    for (k, v) in &parts.headers {
+        let name = k.as_str();
+        if matches!(name, "host" | "transfer-encoding" | "connection") || drop.contains(&name) {
+            continue;
+        }
+        out = out.header(name, v.as_bytes());
+    }
+    Ok(out)
+}
+
 /// The upstream's answer as the front's own: streamed, with a `Location`
 /// naming `upstream` pointed at `front` instead.
 pub(crate) fn relay(upstream: reqwest::Response, from: &str, front: &str) -> Response<Body> {
