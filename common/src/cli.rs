@@ -6,11 +6,11 @@ use std::sync::Arc;
 
 use clap::{Args, ValueEnum};
 
-use crate::auth::{Credentials, DockerConfig};
 use crate::copy::{CopyOptions, Engine};
-use crate::reference::Reference;
-use crate::registries::Registries;
-use crate::settings::Settings;
+use crate::oci::reference::Reference;
+use crate::registry::Registries;
+use crate::registry::auth::{Credentials, DockerConfig};
+use crate::registry::settings::Settings;
 
 /// How registries are reached and authenticated.
 #[derive(Debug, Clone, Args)]
@@ -79,12 +79,12 @@ pub struct RegistryArgs {
 
 /// A `USER:PASS` flag value whose `Debug` never shows the password.
 #[derive(Clone)]
-pub struct CredsArg(crate::auth::Secret);
+pub struct CredsArg(crate::registry::auth::Secret);
 
 impl std::str::FromStr for CredsArg {
     type Err = std::convert::Infallible;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Ok(CredsArg(crate::auth::Secret::new(s)))
+        Ok(CredsArg(crate::registry::auth::Secret::new(s)))
     }
 }
 
@@ -97,13 +97,13 @@ impl std::fmt::Debug for CredsArg {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("--src-creds: {0}")]
-    SrcCreds(crate::auth::AuthError),
+    SrcCreds(crate::registry::auth::AuthError),
     #[error("--dest-creds: {0}")]
-    DestCreds(crate::auth::AuthError),
+    DestCreds(crate::registry::auth::AuthError),
     #[error(transparent)]
-    Settings(#[from] crate::settings::SettingsError),
+    Settings(#[from] crate::registry::settings::SettingsError),
     #[error(transparent)]
-    DockerConfig(#[from] crate::auth::AuthError),
+    DockerConfig(#[from] crate::registry::auth::AuthError),
 }
 
 impl RegistryArgs {
@@ -255,7 +255,7 @@ pub struct SourceDestArgs {
 #[error("{which}: {error}")]
 pub struct ImageArgError {
     pub which: String,
-    pub error: crate::reference::ReferenceError,
+    pub error: crate::oci::reference::ReferenceError,
 }
 
 impl SourceDestArgs {

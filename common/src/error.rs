@@ -1,12 +1,12 @@
 //! The library's error type. Every message is meant to be read by the person
 //! who owns the mirror row: it says what failed, where, and what to check.
 
-use crate::auth::AuthError;
-use crate::digest::Digest;
-use crate::ecr::EcrError;
-use crate::manifest::ManifestError;
-use crate::reference::ReferenceError;
-use crate::settings::SettingsError;
+use crate::oci::digest::Digest;
+use crate::oci::manifest::ManifestError;
+use crate::oci::reference::ReferenceError;
+use crate::registry::auth::AuthError;
+use crate::registry::ecr::EcrError;
+use crate::registry::settings::SettingsError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

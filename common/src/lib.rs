@@ -22,34 +22,18 @@
 //! - [`metrics`]: CloudWatch Embedded Metric Format lines.
 //! - [`error`]: the one error type, in words a mirror's owner can act on.
 
-pub mod auth;
 pub mod aws;
-pub mod bucket;
 pub mod cli;
-pub mod client;
-pub mod consume;
+pub mod control;
 pub mod copy;
-pub mod digest;
-pub mod ecr;
-pub mod enqueue;
 pub mod error;
-pub mod job;
-pub mod ledger;
-pub mod limit;
-pub mod manifest;
 pub mod metrics;
-pub mod plan;
-pub mod queue;
-pub mod reference;
-pub mod registries;
+pub mod oci;
+pub mod registry;
 pub mod retry;
-pub mod scan;
-pub mod select;
-pub mod settings;
 pub mod shutdown;
 pub mod store;
-pub mod table;
 
 pub use copy::{CopyOptions, CopyReport, CopyRules, DestinationReport, Engine, Outcome};
 pub use error::{Error, Result};
-pub use reference::Reference;
+pub use oci::reference::Reference;

@@ -6,9 +6,9 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Args;
 use mirrorfleet_common::cli::{OutputFormat, RegistryArgs, SourceDestArgs, table};
-use mirrorfleet_common::plan::Probe;
-use mirrorfleet_common::registries::Role;
-use mirrorfleet_common::scan::probe;
+use mirrorfleet_common::control::plan::Probe;
+use mirrorfleet_common::control::scan::probe;
+use mirrorfleet_common::registry::Role;
 use serde::Serialize;
 
 #[derive(Debug, Args)]

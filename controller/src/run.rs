@@ -7,10 +7,10 @@ use std::time::Instant;
 use anyhow::Context;
 use clap::Args;
 use mirrorfleet_common::cli::{OutputFormat, RegistryArgs, table};
-use mirrorfleet_common::enqueue::{self, RunSummary};
-use mirrorfleet_common::plan::Plan;
-use mirrorfleet_common::queue::{Queue, SqsQueue};
-use mirrorfleet_common::scan::{self, EventFilter, RowPlan};
+use mirrorfleet_common::control::enqueue::{self, RunSummary};
+use mirrorfleet_common::control::plan::Plan;
+use mirrorfleet_common::control::scan::{self, EventFilter, RowPlan};
+use mirrorfleet_common::store::queue::{Queue, SqsQueue};
 use mirrorfleet_common::store::{DynamoStore, Store};
 
 use crate::scale::{self, ScaleArgs};

@@ -4,7 +4,7 @@
 use anyhow::Context;
 use aws_sdk_batch::types::{ArrayProperties, JobStatus};
 use clap::Args;
-use mirrorfleet_common::queue::Queue;
+use mirrorfleet_common::store::queue::Queue;
 
 #[derive(Debug, Clone, Args)]
 pub struct ScaleArgs {

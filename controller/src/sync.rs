@@ -11,10 +11,10 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::Args;
 use mirrorfleet_common::cli::{OutputFormat, RegistryArgs};
-use mirrorfleet_common::consume::{self, ConsumeOptions};
-use mirrorfleet_common::enqueue;
-use mirrorfleet_common::queue::{MemoryQueue, Queue};
-use mirrorfleet_common::scan;
+use mirrorfleet_common::control::consume::{self, ConsumeOptions};
+use mirrorfleet_common::control::enqueue;
+use mirrorfleet_common::control::scan;
+use mirrorfleet_common::store::queue::{MemoryQueue, Queue};
 use mirrorfleet_common::store::{FileStore, Store};
 use tokio_util::sync::CancellationToken;
 
@@ -136,10 +136,9 @@ async fn once(
         Ok(row) => {
             row.error.is_some()
                 || (row.mirror.enabled
-                    && row
-                        .destination_statuses()
-                        .iter()
-                        .any(|(_, st)| st.state != Some(mirrorfleet_common::table::State::Synced)))
+                    && row.destination_statuses().iter().any(|(_, st)| {
+                        st.state != Some(mirrorfleet_common::control::table::State::Synced)
+                    }))
         }
     });
     tracing::info!(

@@ -8,9 +8,11 @@ use anyhow::Context;
 use clap::{Args, Subcommand, ValueEnum};
 use mirrorfleet_common::Reference;
 use mirrorfleet_common::cli::{OutputFormat, table};
-use mirrorfleet_common::select::{RepoRules, TagRules};
+use mirrorfleet_common::control::select::{RepoRules, TagRules};
+use mirrorfleet_common::control::table::{
+    Mirror, MirrorFile, Row, ScannedRow, parse_csv, render_csv,
+};
 use mirrorfleet_common::store::DynamoStore;
-use mirrorfleet_common::table::{Mirror, MirrorFile, Row, ScannedRow, parse_csv, render_csv};
 
 #[derive(Debug, Args)]
 #[command(

@@ -58,7 +58,7 @@ use futures_util::TryStreamExt;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{Request, Response};
-use mirrorfleet_common::ecr::TagMutability;
+use mirrorfleet_common::registry::ecr::TagMutability;
 
 use crate::iam::{ACCOUNT, Policy};
 

@@ -694,13 +694,13 @@ pub async fn run_bin_off(bin: &str, args: &[&str], env: &[(&str, &str)]) -> (i32
 /// An engine over `settings`, with no Docker config and no explicit
 /// credentials, as the in-process copy tests use it.
 pub fn engine_with(
-    settings: mirrorfleet_common::settings::Settings,
+    settings: mirrorfleet_common::registry::settings::Settings,
     options: mirrorfleet_common::CopyOptions,
 ) -> mirrorfleet_common::Engine {
     mirrorfleet_common::Engine::new(
-        std::sync::Arc::new(mirrorfleet_common::registries::Registries::new(
+        std::sync::Arc::new(mirrorfleet_common::registry::Registries::new(
             settings,
-            mirrorfleet_common::auth::DockerConfig::default(),
+            mirrorfleet_common::registry::auth::DockerConfig::default(),
             None,
             None,
         )),

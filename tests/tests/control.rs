@@ -563,8 +563,8 @@ async fn malformed_jobs_reach_the_dlq_and_a_deleted_rows_job_is_dropped() {
 
 #[tokio::test]
 async fn an_older_result_never_overwrites_a_newer_one() {
+    use mirrorfleet_common::control::table::{DestStatus, State};
     use mirrorfleet_common::store::{DynamoStore, Store, StoreError};
-    use mirrorfleet_common::table::{DestStatus, State};
     let stack = Stack::get();
     let (env, _, _) = setup(&stack, "regress").await;
     let table = env
@@ -617,8 +617,8 @@ async fn an_older_result_never_overwrites_a_newer_one() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_claims_on_one_destination_have_exactly_one_winner() {
     use aws_sdk_dynamodb::types::AttributeValue;
+    use mirrorfleet_common::control::table::{DestStatus, State};
     use mirrorfleet_common::store::{DynamoStore, Store, StoreError};
-    use mirrorfleet_common::table::{DestStatus, State};
     let stack = Stack::get();
     let (env, _, _) = setup(&stack, "claims").await;
     let table = env

@@ -7,10 +7,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use mirrorfleet_common::CopyReport;
-use mirrorfleet_common::auth::DockerConfig;
 use mirrorfleet_common::copy::{CopyOptions, Engine, Outcome};
-use mirrorfleet_common::registries::Registries;
-use mirrorfleet_common::settings::{RegistrySettings, Settings};
+use mirrorfleet_common::registry::Registries;
+use mirrorfleet_common::registry::auth::DockerConfig;
+use mirrorfleet_common::registry::settings::{RegistrySettings, Settings};
 use mirrorfleet_tests::*;
 use serde_json::json;
 

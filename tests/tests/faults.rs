@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use mirrorfleet_common::CopyReport;
 use mirrorfleet_common::copy::{CopyOptions, Engine, Outcome};
-use mirrorfleet_common::settings::{RegistrySettings, Settings};
+use mirrorfleet_common::registry::settings::{RegistrySettings, Settings};
 use mirrorfleet_tests::faults::{Counts, Expiry, FaultProxy, Faults};
 use mirrorfleet_tests::*;
 use serde_json::json;
@@ -474,7 +474,7 @@ async fn rate_limits_slow_a_registry_down_and_the_copy_still_succeeds() {
     );
     let reg = e
         .registries()
-        .get(&dp.addr, mirrorfleet_common::registries::Role::Destination)
+        .get(&dp.addr, mirrorfleet_common::registry::Role::Destination)
         .await
         .unwrap();
     let (now, lowest) = reg.concurrency();
@@ -488,7 +488,7 @@ async fn rate_limits_slow_a_registry_down_and_the_copy_still_succeeds() {
 /// used exactly as the registry gave it.
 #[tokio::test]
 async fn tags_and_catalog_are_listed_across_pages() {
-    use mirrorfleet_common::registries::Role;
+    use mirrorfleet_common::registry::Role;
     let stack = Stack::get();
     let repo = unique("f-pages");
     let p = Pusher::new(Target::plain(&stack.src)).unwrap();

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use mirrorfleet_common::CopyReport;
 use mirrorfleet_common::copy::{CopyOptions, Engine, Outcome};
-use mirrorfleet_common::settings::Settings;
+use mirrorfleet_common::registry::settings::Settings;
 use mirrorfleet_tests::*;
 use serde_json::{Value, json};
 

@@ -7,8 +7,8 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use mirrorfleet_common::cli::{OutputFormat, RegistryArgs};
-use mirrorfleet_common::consume::{self, ConsumeOptions};
-use mirrorfleet_common::queue::{Queue, SqsQueue};
+use mirrorfleet_common::control::consume::{self, ConsumeOptions};
+use mirrorfleet_common::store::queue::{Queue, SqsQueue};
 use mirrorfleet_common::store::{DynamoStore, Store};
 use tokio_util::sync::CancellationToken;
 

@@ -11,7 +11,7 @@ use anyhow::Context;
 use clap::{Args, ValueEnum};
 use mirrorfleet_common::cli::{OutputFormat, RegistryArgs, SourceDestArgs, human_bytes, table};
 use mirrorfleet_common::copy::Progress;
-use mirrorfleet_common::manifest::PlatformSpec;
+use mirrorfleet_common::oci::manifest::PlatformSpec;
 use mirrorfleet_common::{CopyReport, CopyRules, Outcome, Reference};
 use tokio_util::sync::CancellationToken;
 
@@ -139,7 +139,7 @@ pub async fn run(config: &Config, shutdown: CancellationToken) -> CopyReport {
         task.abort();
         bar.finish_and_clear();
     }
-    mirrorfleet_common::consume::emit_metrics("copy", &report, "");
+    mirrorfleet_common::control::consume::emit_metrics("copy", &report, "");
     for d in &report.destinations {
         match d.outcome {
             Outcome::Failed => tracing::error!(

@@ -1,16 +1,23 @@
 //! Builds and caches one [`Registry`] client per registry host (and per
 //! explicit credential set), resolving each host's settings and credentials.
 
+pub mod auth;
+pub mod client;
+pub mod ecr;
+pub mod limit;
+pub mod pace;
+pub mod settings;
+
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use tokio::sync::Mutex;
 
-use crate::auth::{Credentials, DockerConfig};
-use crate::client::{CredentialSource, Registry, RequestCounts};
-use crate::ecr::{Ecr, EcrHost};
 use crate::error::Result;
-use crate::settings::Settings;
+use crate::registry::auth::{Credentials, DockerConfig};
+use crate::registry::client::{CredentialSource, Registry, RequestCounts};
+use crate::registry::ecr::{Ecr, EcrHost};
+use crate::registry::settings::Settings;
 
 /// Which side of a copy a registry is used for; explicit `--src-creds` and
 /// `--dest-creds` apply to one side only.

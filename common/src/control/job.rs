@@ -3,8 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::digest::Digest;
-use crate::reference::Reference;
+use crate::oci::digest::Digest;
+use crate::oci::reference::Reference;
 
 pub const JOB_VERSION: u32 = 1;
 
@@ -91,7 +91,7 @@ impl Job {
             source_digest,
             destinations: destinations.iter().map(ToString::to_string).collect(),
             reason: reason.to_string(),
-            enqueued_at: crate::table::now_rfc3339(),
+            enqueued_at: crate::control::table::now_rfc3339(),
             row: None,
         }
     }
@@ -182,19 +182,22 @@ impl Job {
         let row_key = row.unwrap_or_else(|| source.clone());
         let source = source
             .parse()
-            .map_err(|e: crate::reference::ReferenceError| JobError::Reference {
-                field: "source".into(),
-                message: e.to_string(),
-            })?;
+            .map_err(
+                |e: crate::oci::reference::ReferenceError| JobError::Reference {
+                    field: "source".into(),
+                    message: e.to_string(),
+                },
+            )?;
         let destinations = destinations
             .iter()
             .enumerate()
             .map(|(i, d)| {
-                d.parse()
-                    .map_err(|e: crate::reference::ReferenceError| JobError::Reference {
+                d.parse().map_err(
+                    |e: crate::oci::reference::ReferenceError| JobError::Reference {
                         field: format!("destination {}", i + 1),
                         message: e.to_string(),
-                    })
+                    },
+                )
             })
             .collect::<Result<Vec<Reference>, _>>()?;
         if destinations.is_empty() {

@@ -3,7 +3,7 @@
 //!
 //! Used for manifest pushes, which ECR limits per account and region
 //! (`PutImage`, 10 per second) independently of how many requests are in
-//! flight, so the concurrency limit in [`crate::limit`] cannot express it.
+//! flight, so the concurrency limit in [`crate::registry::limit`] cannot express it.
 //! Time comes from `tokio::time`, so tests can pause and advance it.
 
 use std::time::Duration;

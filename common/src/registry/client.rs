@@ -17,15 +17,15 @@ use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, Heade
 use reqwest::{Method, Response, StatusCode};
 use url::Url;
 
-use crate::auth::{Challenge, Credentials, Token, TokenResponse};
-use crate::bucket::TokenBucket;
-use crate::digest::Digest;
-use crate::ecr::{Ecr, EcrHost};
 use crate::error::{Error, Result};
-use crate::limit::Limiter;
-use crate::manifest::{ACCEPT as MANIFEST_ACCEPT, MAX_MANIFEST_BYTES, Manifest};
+use crate::oci::digest::Digest;
+use crate::oci::manifest::{ACCEPT as MANIFEST_ACCEPT, MAX_MANIFEST_BYTES, Manifest};
+use crate::registry::auth::{Challenge, Credentials, Token, TokenResponse};
+use crate::registry::ecr::{Ecr, EcrHost};
+use crate::registry::limit::Limiter;
+use crate::registry::pace::TokenBucket;
+use crate::registry::settings::{DEFAULT_MAX_CONCURRENCY, RegistrySettings};
 use crate::retry::{self, Class};
-use crate::settings::{DEFAULT_MAX_CONCURRENCY, RegistrySettings};
 
 /// Where a registry's credentials come from.
 #[derive(Debug, Clone)]
@@ -260,7 +260,7 @@ impl Registry {
         ecr: Arc<Ecr>,
     ) -> Result<Registry> {
         let invalid = |message: String| {
-            Error::Settings(crate::settings::SettingsError::Invalid {
+            Error::Settings(crate::registry::settings::SettingsError::Invalid {
                 host: host.to_string(),
                 message,
             })
@@ -268,7 +268,7 @@ impl Registry {
         let endpoint = match settings.endpoint.as_deref() {
             Some(e) => e.to_string(),
             // Docker Hub's API lives on another name than its references.
-            None if host == crate::reference::DOCKER_HUB => "registry-1.docker.io".to_string(),
+            None if host == crate::oci::reference::DOCKER_HUB => "registry-1.docker.io".to_string(),
             None => host.to_string(),
         };
         let scheme = if settings.plain_http { "http" } else { "https" };
@@ -830,7 +830,7 @@ impl Registry {
             {
                 return Err(Error::Manifest {
                     what,
-                    source: crate::manifest::ManifestError::TooLarge(len as usize),
+                    source: crate::oci::manifest::ManifestError::TooLarge(len as usize),
                 });
             }
             match read_limited(resp, MAX_MANIFEST_BYTES).await {
@@ -905,11 +905,11 @@ impl Registry {
         &self,
         repo: &str,
         digest: &Digest,
-    ) -> Result<Option<Vec<crate::manifest::Descriptor>>> {
+    ) -> Result<Option<Vec<crate::oci::manifest::Descriptor>>> {
         #[derive(serde::Deserialize)]
         struct Index {
             #[serde(default)]
-            manifests: Option<Vec<crate::manifest::Descriptor>>,
+            manifests: Option<Vec<crate::oci::manifest::Descriptor>>,
         }
         use std::sync::atomic::Ordering;
         if self.no_referrers_api.load(Ordering::Relaxed) {

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::watch;
 
-use crate::digest::Digest;
+use crate::oci::digest::Digest;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct BlobKey {

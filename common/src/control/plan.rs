@@ -5,9 +5,9 @@
 
 use std::time::{Duration, SystemTime};
 
-use crate::digest::Digest;
-use crate::reference::Reference;
-use crate::table::{Row, State};
+use crate::control::table::{Row, State};
+use crate::oci::digest::Digest;
+use crate::oci::reference::Reference;
 
 /// What a HEAD request found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -165,7 +165,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::table::{DestStatus, Mirror};
+    use crate::control::table::{DestStatus, Mirror};
 
     fn d(n: u8) -> Digest {
         Digest::sha256_of(&[n])

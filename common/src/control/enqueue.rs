@@ -6,12 +6,12 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::job::Job;
-use crate::plan::Plan;
-use crate::queue::{Queue, QueueError};
-use crate::scan::RowPlan;
+use crate::control::job::Job;
+use crate::control::plan::Plan;
+use crate::control::scan::RowPlan;
+use crate::control::table::{DestStatus, State, now_rfc3339};
+use crate::store::queue::{Queue, QueueError};
 use crate::store::{Store, StoreError};
-use crate::table::{DestStatus, State, now_rfc3339};
 
 /// Jobs claimed and sent together (SQS takes 10 messages per batch).
 const SEND_BATCH: usize = 10;

@@ -8,7 +8,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use crate::digest::Digest;
+use crate::oci::digest::Digest;
 
 /// Docker Hub's canonical name; its API is served from `registry-1.docker.io`.
 pub const DOCKER_HUB: &str = "docker.io";

@@ -6,6 +6,8 @@
 //! never overwritten and a row deleted while its job was queued is not
 //! brought back.
 
+pub mod queue;
+
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
@@ -16,7 +18,7 @@ use aws_sdk_dynamodb::types::{
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
-use crate::table::{DestStatus, Mirror, MirrorFile, Row, ScannedRow, State};
+use crate::control::table::{DestStatus, Mirror, MirrorFile, Row, ScannedRow, State};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -29,7 +31,7 @@ pub enum StoreError {
     )]
     Stale { dest: String },
     #[error(transparent)]
-    Table(#[from] crate::table::TableError),
+    Table(#[from] crate::control::table::TableError),
 }
 
 /// The mirror table, wherever it lives.
@@ -118,7 +120,7 @@ fn s(v: impl Into<String>) -> AttributeValue {
 }
 
 fn chain<E: std::error::Error + 'static>(e: &E) -> String {
-    crate::client::error_chain(e)
+    crate::registry::client::error_chain(e)
 }
 
 impl DynamoStore {
@@ -493,7 +495,7 @@ pub fn row_from_item(item: &HashMap<String, AttributeValue>) -> ScannedRow {
         let tags = match item.get("tags") {
             None => None,
             Some(v) => Some(
-                serde_json::from_value::<crate::select::TagRules>(attr_to_json(v))
+                serde_json::from_value::<crate::control::select::TagRules>(attr_to_json(v))
                     .map_err(|e| format!("`tags`: {e}"))?,
             ),
         };
@@ -517,7 +519,7 @@ pub fn row_from_item(item: &HashMap<String, AttributeValue>) -> ScannedRow {
         let repositories = match item.get("repositories") {
             None => None,
             Some(v) => Some(
-                serde_json::from_value::<crate::select::RepoRules>(attr_to_json(v))
+                serde_json::from_value::<crate::control::select::RepoRules>(attr_to_json(v))
                     .map_err(|e| format!("`repositories`: {e}"))?,
             ),
         };
@@ -723,9 +725,11 @@ impl FileStore {
         let mirrors = MirrorFile::load(path)?;
         let state_path = PathBuf::from(format!("{}.state.json", path.display()));
         let state = match std::fs::read(&state_path) {
-            Ok(b) => serde_json::from_slice(&b).map_err(|e| crate::table::TableError::Parse {
-                path: state_path.display().to_string(),
-                message: format!("{e} (delete the file to start over)"),
+            Ok(b) => serde_json::from_slice(&b).map_err(|e| {
+                crate::control::table::TableError::Parse {
+                    path: state_path.display().to_string(),
+                    message: format!("{e} (delete the file to start over)"),
+                }
             })?,
             Err(_) => StateFile::default(),
         };
@@ -811,7 +815,7 @@ impl FileStore {
             std::fs::rename(p, &self.state_path)
         };
         write(&tmp).map_err(|source| {
-            StoreError::Table(crate::table::TableError::Write {
+            StoreError::Table(crate::control::table::TableError::Write {
                 path: self.state_path.display().to_string(),
                 source,
             })
@@ -1014,7 +1018,7 @@ mod tests {
     fn status_round_trips() {
         let st = DestStatus {
             state: Some(State::Failed),
-            source_digest: Some(crate::digest::Digest::sha256_of(b"a")),
+            source_digest: Some(crate::oci::digest::Digest::sha256_of(b"a")),
             dest_digest: None,
             last_attempt: Some("2026-11-22T00:00:00Z".into()),
             last_success: None,

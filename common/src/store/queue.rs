@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use aws_sdk_sqs::types::{MessageSystemAttributeName, SendMessageBatchRequestEntry};
 use tokio::sync::{Mutex, Notify};
 
-use crate::job::Job;
+use crate::control::job::Job;
 
 #[derive(Debug, thiserror::Error)]
 #[error("queue {queue}: {message}")]
@@ -198,7 +198,7 @@ impl SqsQueue {
                     .set_entries(Some(entries))
                     .send()
                     .await
-                    .map_err(|e| self.err(crate::client::error_chain(&e)))?;
+                    .map_err(|e| self.err(crate::registry::client::error_chain(&e)))?;
                 sent += out.successful().len();
                 let failed: Vec<String> = out.failed().iter().map(|f| f.id().to_string()).collect();
                 for f in out.failed() {
@@ -232,7 +232,7 @@ impl SqsQueue {
             .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
             .send()
             .await
-            .map_err(|e| self.err(crate::client::error_chain(&e)))?;
+            .map_err(|e| self.err(crate::registry::client::error_chain(&e)))?;
         Ok(out
             .messages()
             .iter()
@@ -256,7 +256,7 @@ impl SqsQueue {
             .receipt_handle(receipt)
             .send()
             .await
-            .map_err(|e| self.err(crate::client::error_chain(&e)))?;
+            .map_err(|e| self.err(crate::registry::client::error_chain(&e)))?;
         Ok(())
     }
 
@@ -268,7 +268,7 @@ impl SqsQueue {
             .visibility_timeout(visibility.as_secs() as i32)
             .send()
             .await
-            .map_err(|e| self.err(crate::client::error_chain(&e)))?;
+            .map_err(|e| self.err(crate::registry::client::error_chain(&e)))?;
         Ok(())
     }
 
@@ -282,7 +282,7 @@ impl SqsQueue {
             .attribute_names(A::ApproximateNumberOfMessagesNotVisible)
             .send()
             .await
-            .map_err(|e| self.err(crate::client::error_chain(&e)))?;
+            .map_err(|e| self.err(crate::registry::client::error_chain(&e)))?;
         let get = |k: A| {
             out.attributes()
                 .and_then(|a| a.get(&k))
@@ -437,7 +437,7 @@ impl MemoryQueue {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::reference::Reference;
+    use crate::oci::reference::Reference;
 
     #[test]
     fn large_jobs_are_split_and_batches_stay_within_sqs_limits() {

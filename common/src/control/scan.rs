@@ -1,18 +1,18 @@
 //! The controller's first half: read every row, HEAD each source and
 //! destination (HEAD does not count against Docker Hub's pull limit), and
-//! decide with [`crate::plan::plan`].
+//! decide with [`crate::control::plan::plan`].
 
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::Semaphore;
 
+use crate::control::plan::{Plan, Probe, known_subset_digest, plan};
+use crate::control::table::Row;
 use crate::copy::Engine;
-use crate::ecr::EcrHost;
-use crate::plan::{Plan, Probe, known_subset_digest, plan};
-use crate::reference::Reference;
-use crate::registries::Role;
+use crate::oci::reference::Reference;
+use crate::registry::Role;
+use crate::registry::ecr::EcrHost;
 use crate::store::{Store, StoreError};
-use crate::table::Row;
 
 /// Which rows an event concerns: an image pushed to `repository:tag`
 /// (optionally on one registry), as the ECR push rule reports it.
@@ -36,7 +36,7 @@ impl EventFilter {
             && self
                 .registry
                 .as_deref()
-                .is_none_or(|r| crate::ecr::same_registry(r, source.registry()))
+                .is_none_or(|r| crate::registry::ecr::same_registry(r, source.registry()))
     }
 
     /// For a push of a signature, attestation or SBOM under its tag
@@ -96,7 +96,7 @@ pub struct ScanOptions {
     pub segments: u32,
     /// HEAD requests in flight at once.
     pub concurrency: usize,
-    /// See [`crate::plan::DEFAULT_REQUEUE_AFTER`].
+    /// See [`crate::control::plan::DEFAULT_REQUEUE_AFTER`].
     pub requeue_after: Duration,
     /// For images in sync, also compare their referrer tags (tag schema
     /// index and cosign's) at both ends, so a signature added later to an
@@ -109,7 +109,7 @@ impl Default for ScanOptions {
         ScanOptions {
             segments: 1,
             concurrency: 16,
-            requeue_after: crate::plan::DEFAULT_REQUEUE_AFTER,
+            requeue_after: crate::control::plan::DEFAULT_REQUEUE_AFTER,
             check_referrers: false,
         }
     }
@@ -125,7 +125,7 @@ struct Ctx<'a> {
 
 /// The tags a referrer of `digest` is stored under where there is no
 /// referrers API: the tag schema index, then cosign's.
-fn referrer_tags(digest: &crate::digest::Digest) -> Vec<String> {
+fn referrer_tags(digest: &crate::oci::digest::Digest) -> Vec<String> {
     std::iter::once(digest.tag_form())
         .chain(
             crate::copy::COSIGN_TAGS
@@ -139,8 +139,8 @@ fn referrer_tags(digest: &crate::digest::Digest) -> Vec<String> {
 /// another digest. Both lists are in `tags` order.
 pub fn referrers_missing(
     tags: &[String],
-    source: &[Option<crate::digest::Digest>],
-    dest: &[Option<crate::digest::Digest>],
+    source: &[Option<crate::oci::digest::Digest>],
+    dest: &[Option<crate::oci::digest::Digest>],
 ) -> Vec<String> {
     tags.iter()
         .zip(source.iter().zip(dest))
@@ -290,7 +290,12 @@ async fn plan_image(ctx: &Ctx<'_>, key: String, row: Row) -> RowPlan {
 
 /// Destinations in sync whose referrer tags lag the source's are copied
 /// again (the copy finds the image in sync and brings the referrers).
-async fn check_referrers(engine: &Engine, row: &Row, digest: &crate::digest::Digest, p: &mut Plan) {
+async fn check_referrers(
+    engine: &Engine,
+    row: &Row,
+    digest: &crate::oci::digest::Digest,
+    p: &mut Plan,
+) {
     let Plan::Act {
         copy,
         mark_synced,
@@ -337,7 +342,7 @@ async fn head_tags(
     image: &Reference,
     tags: &[String],
     role: Role,
-) -> Vec<Option<crate::digest::Digest>> {
+) -> Vec<Option<crate::oci::digest::Digest>> {
     let mut out = Vec::with_capacity(tags.len());
     for t in tags {
         let found = match image.with_tag(t) {
@@ -357,8 +362,8 @@ async fn head_tags(
 async fn subset_digest(
     engine: &Engine,
     row: &Row,
-    digest: &crate::digest::Digest,
-) -> crate::error::Result<Option<crate::digest::Digest>> {
+    digest: &crate::oci::digest::Digest,
+) -> crate::error::Result<Option<crate::oci::digest::Digest>> {
     let source = &row.mirror.source;
     let src = engine
         .registries()
@@ -462,7 +467,7 @@ async fn plan_tags(
     ctx: &Ctx<'_>,
     key: &str,
     row: &Row,
-    mirror: &crate::table::Mirror,
+    mirror: &crate::control::table::Mirror,
 ) -> Result<Vec<RowPlan>, String> {
     let (engine, filter) = (ctx.engine, ctx.filter);
     let Some(sel) = &mirror.select else {
@@ -549,7 +554,7 @@ const TAGS_PAGE: usize = 1000;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::digest::Digest;
+    use crate::oci::digest::Digest;
 
     fn filter(tag: &str) -> EventFilter {
         EventFilter::from_event_json(&format!(

@@ -313,7 +313,7 @@ impl DockerConfig {
         })
     }
 
-    /// Credentials for `host` (as in a [`crate::reference::Reference`]), running a
+    /// Credentials for `host` (as in a [`crate::oci::reference::Reference`]), running a
     /// credential helper if one is configured. The helper gets the host on stdin,
     /// never on its command line.
     pub async fn lookup(&self, host: &str) -> Result<Option<Credentials>, AuthError> {
@@ -322,7 +322,7 @@ impl DockerConfig {
             .as_ref()
             .filter(|_| !self.auths.contains_key(host)));
         if let Some(helper) = helper {
-            let server = if host == crate::reference::DOCKER_HUB {
+            let server = if host == crate::oci::reference::DOCKER_HUB {
                 "https://index.docker.io/v1/"
             } else {
                 host
@@ -345,7 +345,7 @@ fn normalise_config_host(key: &str) -> String {
     let host = k.split('/').next().unwrap_or(k).to_ascii_lowercase();
     match host.as_str() {
         "index.docker.io" | "registry-1.docker.io" | "registry.hub.docker.com" => {
-            crate::reference::DOCKER_HUB.to_string()
+            crate::oci::reference::DOCKER_HUB.to_string()
         }
         _ => host,
     }

@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::auth::{Credentials, Secret};
+use crate::registry::auth::{Credentials, Secret};
 
 /// Default number of concurrent requests to one registry.
 pub const DEFAULT_MAX_CONCURRENCY: usize = 16;
@@ -253,8 +253,9 @@ impl RegistrySettings {
     /// The manifest push rate for `host`: as configured, else ECR's quota for
     /// ECR hosts, else `None` (unlimited).
     pub fn manifest_puts_per_second(&self, host: &str) -> Option<f64> {
-        self.manifest_puts_per_second
-            .or_else(|| crate::ecr::EcrHost::parse(host).map(|_| ECR_MANIFEST_PUTS_PER_SECOND))
+        self.manifest_puts_per_second.or_else(|| {
+            crate::registry::ecr::EcrHost::parse(host).map(|_| ECR_MANIFEST_PUTS_PER_SECOND)
+        })
     }
 
     /// Credentials configured for this registry, reading the password from its

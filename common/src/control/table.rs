@@ -27,10 +27,10 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::digest::Digest;
-use crate::manifest::PlatformSpec;
-use crate::reference::Reference;
-use crate::select::{RepoRules, TagRules};
+use crate::control::select::{RepoRules, TagRules};
+use crate::oci::digest::Digest;
+use crate::oci::manifest::PlatformSpec;
+use crate::oci::reference::Reference;
 
 /// What a user asked for: a source and where to mirror it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -260,7 +260,7 @@ impl Mirror {
         let source: Reference = source
             .trim()
             .parse()
-            .map_err(|e: crate::reference::ReferenceError| format!("source: {e}"))?;
+            .map_err(|e: crate::oci::reference::ReferenceError| format!("source: {e}"))?;
         let mut dests: Vec<Reference> = Vec::new();
         for (i, d) in destinations
             .iter()
@@ -276,9 +276,11 @@ impl Mirror {
                     i + 1
                 ));
             }
-            let r: Reference = d.parse().map_err(|e: crate::reference::ReferenceError| {
-                format!("destination {}: {e}", i + 1)
-            })?;
+            let r: Reference = d
+                .parse()
+                .map_err(|e: crate::oci::reference::ReferenceError| {
+                    format!("destination {}: {e}", i + 1)
+                })?;
             if r.same_location(&source) {
                 return Err(format!("destination {r} is the source itself"));
             }

@@ -20,8 +20,8 @@ use aws_sdk_ecr::types::{
 use base64::Engine as _;
 use tokio::sync::{Mutex, OnceCell};
 
-use crate::auth::{Credentials, Secret};
-use crate::settings::EcrRepositorySettings;
+use crate::registry::auth::{Credentials, Secret};
+use crate::registry::settings::EcrRepositorySettings;
 
 /// An ECR registry host, parsed. The forms AWS documents:
 /// `<account>.dkr.ecr[-fips].<region>.amazonaws.com[.cn]` and the dual-stack
@@ -461,8 +461,8 @@ impl Ecr {
         host: &EcrHost,
         role_arn: Option<&str>,
         repository: &str,
-        digests: &[crate::digest::Digest],
-    ) -> Result<Vec<crate::digest::Digest>, EcrError> {
+        digests: &[crate::oci::digest::Digest],
+    ) -> Result<Vec<crate::oci::digest::Digest>, EcrError> {
         let client = self.client(host, role_arn).await;
         let mut out = Vec::new();
         for chunk in digests.chunks(100) {

@@ -22,11 +22,11 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::control::job::Job;
+use crate::control::table::{DestStatus, State, now_rfc3339};
 use crate::copy::{CopyRules, Engine, Outcome};
-use crate::job::Job;
-use crate::queue::{Message, Queue};
+use crate::store::queue::{Message, Queue};
 use crate::store::{Store, StoreError};
-use crate::table::{DestStatus, State, now_rfc3339};
 
 /// SQS's longest visibility timeout: 12 hours.
 const MAX_VISIBILITY: Duration = Duration::from_secs(12 * 3600);

@@ -21,6 +21,8 @@
 //! A destination that fails stops receiving work; the others go on. The
 //! outcome is reported per destination.
 
+pub mod ledger;
+
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -32,14 +34,14 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use url::Url;
 
-use crate::client::{Mount, Registry};
-use crate::digest::Digest;
-use crate::ecr::EcrHost;
+use crate::copy::ledger::{BlobKey, Claim, Ledger};
 use crate::error::{Error, Result};
-use crate::ledger::{BlobKey, Claim, Ledger};
-use crate::manifest::{Descriptor, Manifest, PlatformSpec};
-use crate::reference::Reference;
-use crate::registries::{Registries, Role};
+use crate::oci::digest::Digest;
+use crate::oci::manifest::{Descriptor, Manifest, PlatformSpec};
+use crate::oci::reference::Reference;
+use crate::registry::client::{Mount, Registry};
+use crate::registry::ecr::EcrHost;
+use crate::registry::{Registries, Role};
 
 /// How a copy behaves.
 #[derive(Debug, Clone)]
@@ -467,7 +469,7 @@ impl Engine {
                     .ok_or_else(|| Error::SourceMissing(source.to_string()))?;
                 let index = matches!(
                     head.media_type.as_str(),
-                    crate::manifest::OCI_INDEX | crate::manifest::DOCKER_LIST
+                    crate::oci::manifest::OCI_INDEX | crate::oci::manifest::DOCKER_LIST
                 );
                 (head.digest, Some(index))
             }
@@ -775,7 +777,7 @@ impl Engine {
             if levels.len() > 8 {
                 return Err(Error::Manifest {
                     what: format!("index {digest}"),
-                    source: crate::manifest::ManifestError::Unsupported(
+                    source: crate::oci::manifest::ManifestError::Unsupported(
                         "indexes nested more than 8 deep".into(),
                     ),
                 });
@@ -1008,7 +1010,7 @@ impl Engine {
                             message: format!(
                                 "reading {}: {}",
                                 what(),
-                                crate::client::error_chain(&e)
+                                crate::registry::client::error_chain(&e)
                             ),
                         });
                     }
@@ -1464,7 +1466,7 @@ impl Engine {
 struct Target<'a> {
     dest: &'a Dest,
     location: Url,
-    guard: crate::ledger::Guard,
+    guard: crate::copy::ledger::Guard,
 }
 
 async fn send_all(

@@ -1,0 +1,10 @@
+//! The control plane: the mirror table's rows, the controller's decision,
+//! jobs, and the worker loop.
+
+pub mod consume;
+pub mod enqueue;
+pub mod job;
+pub mod plan;
+pub mod scan;
+pub mod select;
+pub mod table;

@@ -1,0 +1,5 @@
+//! The OCI data model: references, digests, manifests.
+
+pub mod digest;
+pub mod manifest;
+pub mod reference;
