@@ -11,7 +11,6 @@ use crate::control::table::Row;
 use crate::copy::Engine;
 use crate::oci::reference::Reference;
 use crate::registry::Role;
-use crate::registry::ecr::EcrHost;
 use crate::store::{Store, StoreError};
 
 /// Which rows an event concerns: an image pushed to `repository:tag`
@@ -42,13 +41,7 @@ impl EventFilter {
     /// For a push of a signature, attestation or SBOM under its tag
     /// (`sha256-<hex>`, `.sig`, `.att`, `.sbom`): the digest it is about.
     pub fn referrer_subject(&self) -> Option<String> {
-        let stem = crate::copy::COSIGN_TAGS
-            .iter()
-            .find_map(|(s, _)| self.tag.strip_suffix(s))
-            .unwrap_or(&self.tag);
-        let hex = stem.strip_prefix("sha256-")?;
-        (hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
-            .then(|| format!("sha256:{hex}"))
+        crate::oci::referrers::subject_of_tag(&self.tag)
     }
 
     /// Whether the event concerns the image `source`: its own push, or a
@@ -121,18 +114,6 @@ struct Ctx<'a> {
     filter: Option<&'a EventFilter>,
     limit: &'a Semaphore,
     opts: &'a ScanOptions,
-}
-
-/// The tags a referrer of `digest` is stored under where there is no
-/// referrers API: the tag schema index, then cosign's.
-fn referrer_tags(digest: &crate::oci::digest::Digest) -> Vec<String> {
-    std::iter::once(digest.tag_form())
-        .chain(
-            crate::copy::COSIGN_TAGS
-                .iter()
-                .map(|(suffix, _)| digest.cosign_tag(suffix)),
-        )
-        .collect()
 }
 
 /// The referrer tags the source has that the destination lacks or holds at
@@ -305,7 +286,7 @@ async fn check_referrers(
     else {
         return;
     };
-    let tags = referrer_tags(digest);
+    let tags = crate::oci::referrers::referrer_tags(digest);
     let at_source = head_tags(engine, &row.mirror.source, &tags, Role::Source).await;
     if at_source.iter().all(Option::is_none) {
         return;
@@ -502,48 +483,21 @@ async fn plan_tags(
     Ok(futures_util::future::join_all(plans).await)
 }
 
-/// The repositories of a registry: ECR's API for ECR hosts (ECR has no
-/// catalog endpoint), `/v2/_catalog` for the rest.
+/// The repositories of a registry, in words on failure.
 async fn list_repositories(engine: &Engine, registry: &str) -> Result<Vec<String>, String> {
-    if let Some(host) = EcrHost::parse(registry) {
-        let role = engine.registries().settings().registry(registry).role_arn;
-        return engine
-            .registries()
-            .ecr()
-            .list_repositories(&host, role.as_deref())
-            .await
-            .map_err(|e| e.to_string());
-    }
-    let reg = engine
+    engine
         .registries()
-        .get(registry, Role::Source)
+        .list_repositories(registry, TAGS_PAGE)
         .await
-        .map_err(|e| e.to_string())?;
-    reg.catalog(TAGS_PAGE).await.map_err(|e| e.to_string())
+        .map_err(|e| e.to_string())
 }
 
-/// The tags of a repository, oldest first where the registry can tell (ECR's
-/// push times), else in the registry's listing order.
+/// The tags of a repository (oldest first where the registry can tell), in
+/// words on failure.
 async fn list_tags(engine: &Engine, source: &Reference) -> Result<Vec<String>, String> {
-    if let Some(host) = EcrHost::parse(source.registry()) {
-        let role = engine
-            .registries()
-            .settings()
-            .registry(source.registry())
-            .role_arn;
-        return engine
-            .registries()
-            .ecr()
-            .list_tags(&host, role.as_deref(), source.repository())
-            .await
-            .map_err(|e| e.to_string());
-    }
-    let reg = engine
+    engine
         .registries()
-        .get(source.registry(), Role::Source)
-        .await
-        .map_err(|e| e.to_string())?;
-    reg.list_tags(source.repository(), TAGS_PAGE)
+        .list_tags(source, TAGS_PAGE)
         .await
         .map_err(|e| e.to_string())
 }
@@ -628,7 +582,7 @@ mod tests {
     #[test]
     fn referrer_tags_missing_at_the_destination() {
         let digest = Digest::sha256_of(b"image");
-        let tags = referrer_tags(&digest);
+        let tags = crate::oci::referrers::referrer_tags(&digest);
         let stem = digest.to_string().replace(':', "-");
         assert_eq!(
             tags,

@@ -74,7 +74,7 @@ impl Digest {
     }
 
     /// cosign's tag for an artifact of this digest: the tag form and a
-    /// suffix (`.sig`, `.att`, `.sbom`: see `copy::COSIGN_TAGS`).
+    /// suffix (`.sig`, `.att`, `.sbom`: see [`crate::oci::referrers::COSIGN_TAGS`]).
     pub fn cosign_tag(&self, suffix: &str) -> String {
         format!("{}{suffix}", self.tag_form())
     }

@@ -309,7 +309,7 @@ impl Registry {
         let http = builder
             .build()
             .map_err(|e| invalid(format!("cannot build the HTTP client: {e}")))?;
-        let manifest_puts = match settings.manifest_puts_per_second(host) {
+        let manifest_puts = match settings.manifest_puts_per_second {
             None => None,
             Some(rate) => Some(TokenBucket::new(rate, MANIFEST_PUT_BURST).ok_or_else(|| {
                 invalid(format!(

@@ -23,6 +23,9 @@ use tokio::sync::{Mutex, OnceCell};
 use crate::registry::auth::{Credentials, Secret};
 use crate::registry::settings::EcrRepositorySettings;
 
+/// ECR's `PutImage` quota: 10 per second per account and region.
+pub const MANIFEST_PUTS_PER_SECOND: f64 = 10.0;
+
 /// An ECR registry host, parsed. The forms AWS documents:
 /// `<account>.dkr.ecr[-fips].<region>.amazonaws.com[.cn]` and the dual-stack
 /// `<account>.dkr-ecr[-fips].<region>.on.aws`.

@@ -14,9 +14,12 @@ use std::sync::Arc;
 use tokio::sync::Mutex;
 
 use crate::error::Result;
+use crate::oci::digest::Digest;
+use crate::oci::reference::Reference;
 use crate::registry::auth::{Credentials, DockerConfig};
 use crate::registry::client::{CredentialSource, Registry, RequestCounts};
-use crate::registry::ecr::{Ecr, EcrHost};
+use crate::registry::ecr::{Ecr, EcrHost, RepositoryInfo};
+use crate::registry::settings::RegistrySettings;
 use crate::registry::settings::Settings;
 
 /// Which side of a copy a registry is used for; explicit `--src-creds` and
@@ -80,7 +83,8 @@ impl Registries {
         if let Some(r) = clients.get(&key) {
             return Ok(r.clone());
         }
-        let rs = self.settings.registry(host);
+        let mut rs = self.settings.registry(host);
+        rs.manifest_puts_per_second = manifest_puts_per_second(&rs, host);
         let source = match explicit {
             Some(c) => CredentialSource::Static(c),
             None => match rs.credentials(host)? {
@@ -111,5 +115,117 @@ impl Registries {
                 .add(&client.stats.snapshot());
         }
         out
+    }
+}
+
+/// The ECR-aware layer: every question whose answer differs on ECR is
+/// answered here, so no other module branches on the kind of registry.
+impl Registries {
+    /// The ECR host `registry` names, with the role to reach it by.
+    fn ecr_host(&self, registry: &str) -> Option<(EcrHost, Option<String>)> {
+        let host = EcrHost::parse(registry)?;
+        Some((host, self.settings.registry(registry).role_arn))
+    }
+
+    /// Make sure `dest`'s repository exists where the registry needs it made
+    /// first (ECR: described, or created per the `ecr` settings). `None` for
+    /// registries that make repositories on push.
+    pub async fn ensure_repository(&self, dest: &Reference) -> Result<Option<RepositoryInfo>> {
+        let Some((host, role)) = self.ecr_host(dest.registry()) else {
+            return Ok(None);
+        };
+        let info = self
+            .ecr
+            .ensure_repository(
+                &host,
+                role.as_deref(),
+                dest.repository(),
+                &self.settings.ecr,
+            )
+            .await?;
+        Ok(Some(info))
+    }
+
+    /// Which of `digests` `dest`'s repository holds, where the registry tells
+    /// in bulk (ECR: 100 per call). `None` where it cannot: HEAD each blob.
+    pub async fn known_blobs(
+        &self,
+        dest: &Reference,
+        digests: &[Digest],
+    ) -> Option<Result<Vec<Digest>>> {
+        let (host, role) = self.ecr_host(dest.registry())?;
+        Some(
+            self.ecr
+                .available_layers(&host, role.as_deref(), dest.repository(), digests)
+                .await
+                .map_err(Into::into),
+        )
+    }
+
+    /// Whether `tag` in `dest`'s repository is immutable, as far as this
+    /// process already knows (ECR repositories it has described).
+    pub fn known_immutable(&self, dest: &Reference, tag: &str) -> bool {
+        self.ecr
+            .known_mutability(dest.registry(), dest.repository())
+            .is_some_and(|m| m.is_immutable(tag))
+    }
+
+    /// The repositories of `registry`: ECR's API for ECR hosts (ECR has no
+    /// catalog endpoint), `/v2/_catalog` for the rest.
+    pub async fn list_repositories(&self, registry: &str, page: usize) -> Result<Vec<String>> {
+        if let Some((host, role)) = self.ecr_host(registry) {
+            return Ok(self.ecr.list_repositories(&host, role.as_deref()).await?);
+        }
+        self.get(registry, Role::Source).await?.catalog(page).await
+    }
+
+    /// The tags of `source`'s repository, oldest first where the registry can
+    /// tell (ECR's push times), else in the registry's listing order.
+    pub async fn list_tags(&self, source: &Reference, page: usize) -> Result<Vec<String>> {
+        if let Some((host, role)) = self.ecr_host(source.registry()) {
+            return Ok(self
+                .ecr
+                .list_tags(&host, role.as_deref(), source.repository())
+                .await?);
+        }
+        self.get(source.registry(), Role::Source)
+            .await?
+            .list_tags(source.repository(), page)
+            .await
+    }
+}
+
+/// The manifest push rate for `host`: as configured, else ECR's `PutImage`
+/// quota for ECR hosts, else `None` (unlimited).
+fn manifest_puts_per_second(rs: &RegistrySettings, host: &str) -> Option<f64> {
+    rs.manifest_puts_per_second
+        .or_else(|| EcrHost::parse(host).map(|_| crate::registry::ecr::MANIFEST_PUTS_PER_SECOND))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn manifest_put_rate_defaults_to_ecrs_quota_on_ecr_only() {
+        let none = crate::registry::settings::RegistrySettings::default();
+        assert_eq!(
+            manifest_puts_per_second(&none, "123456789012.dkr.ecr.us-east-1.amazonaws.com"),
+            Some(10.0)
+        );
+        assert_eq!(
+            manifest_puts_per_second(&none, "registry.internal:5000"),
+            None
+        );
+        assert_eq!(manifest_puts_per_second(&none, "docker.io"), None);
+        let set = crate::registry::settings::RegistrySettings {
+            manifest_puts_per_second: Some(0.5),
+            ..Default::default()
+        };
+        assert_eq!(
+            manifest_puts_per_second(&set, "123456789012.dkr.ecr.us-east-1.amazonaws.com"),
+            Some(0.5)
+        );
+        assert_eq!(manifest_puts_per_second(&set, "r.example.com"), Some(0.5));
     }
 }

@@ -31,9 +31,6 @@ use crate::registry::auth::{Credentials, Secret};
 /// Default number of concurrent requests to one registry.
 pub const DEFAULT_MAX_CONCURRENCY: usize = 16;
 
-/// ECR's `PutImage` quota: 10 per second per account and region.
-pub const ECR_MANIFEST_PUTS_PER_SECOND: f64 = 10.0;
-
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
@@ -250,14 +247,6 @@ impl EcrRepositorySettings {
 }
 
 impl RegistrySettings {
-    /// The manifest push rate for `host`: as configured, else ECR's quota for
-    /// ECR hosts, else `None` (unlimited).
-    pub fn manifest_puts_per_second(&self, host: &str) -> Option<f64> {
-        self.manifest_puts_per_second.or_else(|| {
-            crate::registry::ecr::EcrHost::parse(host).map(|_| ECR_MANIFEST_PUTS_PER_SECOND)
-        })
-    }
-
     /// Credentials configured for this registry, reading the password from its
     /// environment variable or file now (never stored elsewhere).
     pub fn credentials(&self, host: &str) -> Result<Option<Credentials>, SettingsError> {
@@ -348,27 +337,7 @@ mod tests {
     }
 
     #[test]
-    fn manifest_put_rate_defaults_to_ecrs_quota_on_ecr_only() {
-        let none = RegistrySettings::default();
-        assert_eq!(
-            none.manifest_puts_per_second("123456789012.dkr.ecr.us-east-1.amazonaws.com"),
-            Some(10.0)
-        );
-        assert_eq!(
-            none.manifest_puts_per_second("registry.internal:5000"),
-            None
-        );
-        assert_eq!(none.manifest_puts_per_second("docker.io"), None);
-        let set = RegistrySettings {
-            manifest_puts_per_second: Some(0.5),
-            ..Default::default()
-        };
-        assert_eq!(
-            set.manifest_puts_per_second("123456789012.dkr.ecr.us-east-1.amazonaws.com"),
-            Some(0.5)
-        );
-        assert_eq!(set.manifest_puts_per_second("r.example.com"), Some(0.5));
-
+    fn manifest_put_rate_is_read_and_checked() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("r.yaml");
         std::fs::write(&p, "registries:\n  x:\n    manifest_puts_per_second: 2.5\n").unwrap();
