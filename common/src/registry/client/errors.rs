@@ -1,0 +1,121 @@
+//! Reading what went wrong: error bodies, error chains, bounded reads.
+
+use bytes::Bytes;
+use reqwest::Response;
+use reqwest::header::HeaderMap;
+use url::Url;
+
+pub(super) fn same_origin(a: &Url, b: &Url) -> bool {
+    a.scheme() == b.scheme()
+        && a.host_str() == b.host_str()
+        && a.port_or_known_default() == b.port_or_known_default()
+}
+
+pub(super) fn header_str(
+    h: &HeaderMap,
+    name: impl reqwest::header::AsHeaderName,
+) -> Option<String> {
+    h.get(name)?.to_str().ok().map(|s| s.trim().to_string())
+}
+
+/// An error with its causes ("error sending request: connection refused").
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut msg = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        let s_msg = s.to_string();
+        if !msg.contains(&s_msg) {
+            msg.push_str(": ");
+            msg.push_str(&s_msg);
+        }
+        src = s.source();
+    }
+    msg
+}
+
+pub(super) async fn read_limited(
+    mut resp: Response,
+    limit: usize,
+) -> std::result::Result<Bytes, reqwest::Error> {
+    let mut buf = bytes::BytesMut::new();
+    while let Some(chunk) = resp.chunk().await? {
+        buf.extend_from_slice(&chunk);
+        if buf.len() > limit {
+            break;
+        }
+    }
+    Ok(buf.freeze())
+}
+
+pub(super) async fn read_error_text(resp: Response) -> String {
+    match read_limited(resp, 16 * 1024).await {
+        Ok(b) => String::from_utf8_lossy(&b[..b.len().min(16 * 1024)]).into_owned(),
+        Err(e) => format!("(could not read the error body: {e})"),
+    }
+}
+
+/// The distribution error body `{"errors":[{"code":..,"message":..}]}`, or the text.
+pub(super) fn error_message(body: &str) -> (Option<String>, String) {
+    #[derive(serde::Deserialize)]
+    struct Body {
+        errors: Vec<Item>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Item {
+        #[serde(default)]
+        code: String,
+        #[serde(default)]
+        message: String,
+    }
+    if let Ok(b) = serde_json::from_str::<Body>(body)
+        && let Some(first) = b.errors.first()
+    {
+        let msg = if first.message.is_empty() {
+            first.code.to_ascii_lowercase().replace('_', " ")
+        } else {
+            first.message.clone()
+        };
+        return (Some(first.code.clone()).filter(|c| !c.is_empty()), msg);
+    }
+    let text: String = body.trim().chars().take(300).collect();
+    (
+        None,
+        if text.is_empty() {
+            "no details given".into()
+        } else {
+            text
+        },
+    )
+}
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    pub(super) fn error_bodies() {
+        let (code, msg) = error_message(
+            r#"{"errors":[{"code":"MANIFEST_BLOB_UNKNOWN","message":"blob unknown to registry","detail":"sha256:.."}]}"#,
+        );
+        assert_eq!(code.as_deref(), Some("MANIFEST_BLOB_UNKNOWN"));
+        assert_eq!(msg, "blob unknown to registry");
+        assert_eq!(error_message("").1, "no details given");
+        assert_eq!(error_message("plain words").1, "plain words");
+    }
+
+    #[test]
+    pub(super) fn origins() {
+        let a = Url::parse("https://r.example.com/v2/").unwrap();
+        assert!(same_origin(
+            &Url::parse("https://r.example.com:443/x").unwrap(),
+            &a
+        ));
+        assert!(!same_origin(
+            &Url::parse("https://s3.example.com/x").unwrap(),
+            &a
+        ));
+        assert!(!same_origin(
+            &Url::parse("http://r.example.com/x").unwrap(),
+            &a
+        ));
+    }
+}
