@@ -1,5 +1,10 @@
-//! The one table that decides what an HTTP status means for a retry, and the
-//! jittered exponential backoff used for registry requests.
+//! The one retry policy: the table that decides what an HTTP status means
+//! for a retry ([`classify`]), and the one helper every retry loop waits
+//! through ([`Backoff`]): registry requests, token fetches, manifest bodies
+//! cut short, blob transfers, SQS batch entries and queue receives. Calls to
+//! AWS APIs are also retried inside the SDK (standard mode, see
+//! [`crate::aws::config`]); [`Backoff`] covers what the SDK cannot see, such
+//! as the entries of a batch that SQS reports as failed.
 
 use std::time::Duration;
 
@@ -35,15 +40,70 @@ pub fn classify(status: StatusCode) -> Class {
 /// How many times a request is attempted in all (first try included).
 pub const MAX_ATTEMPTS: usize = 6;
 
-/// Delays between attempts: 200 ms doubling to at most 10 s, with full jitter
-/// so a fleet of workers hitting one registry does not retry in lockstep.
-pub fn backoff() -> impl Iterator<Item = Duration> {
+/// The one retry helper: jittered exponential delays within an attempt
+/// budget. A loop calls [`Backoff::wait`] after a failed attempt; it sleeps
+/// and says `true` while attempts are left.
+#[derive(Debug)]
+pub struct Backoff {
+    delays: backon::ExponentialBackoff,
+    attempt: usize,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff::attempts(MAX_ATTEMPTS)
+    }
+}
+
+impl Backoff {
+    /// At most `attempts` attempts in all (the first included).
+    pub fn attempts(attempts: usize) -> Backoff {
+        Backoff {
+            delays: builder().with_max_times(attempts.saturating_sub(1)).build(),
+            attempt: 1,
+        }
+    }
+
+    /// No attempt budget: for loops that must go on (a worker's receive
+    /// loop), with delays still capped and jittered.
+    pub fn forever() -> Backoff {
+        Backoff {
+            delays: builder().without_max_times().build(),
+            attempt: 1,
+        }
+    }
+
+    /// The number of the attempt being made (1 for the first).
+    pub fn attempt(&self) -> usize {
+        self.attempt
+    }
+
+    /// The next delay, or `None` when the budget is spent; `asked` (a
+    /// server's `Retry-After`) is a floor under the jittered delay.
+    pub fn next_delay(&mut self, asked: Option<Duration>) -> Option<Duration> {
+        let d = self.delays.next()?;
+        self.attempt += 1;
+        Some(asked.map_or(d, |a| a.max(d)))
+    }
+
+    /// Sleep before the next attempt; `false` (at once) when the budget is
+    /// spent.
+    pub async fn wait(&mut self, asked: Option<Duration>) -> bool {
+        match self.next_delay(asked) {
+            Some(d) => {
+                tokio::time::sleep(d).await;
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+fn builder() -> ExponentialBuilder {
     ExponentialBuilder::default()
         .with_min_delay(Duration::from_millis(200))
         .with_max_delay(Duration::from_secs(10))
-        .with_max_times(MAX_ATTEMPTS - 1)
         .with_jitter()
-        .build()
 }
 
 /// `Retry-After` as seconds (the HTTP-date form is rare on registries and ignored).
@@ -92,9 +152,25 @@ mod tests {
 
     #[test]
     fn backoff_is_bounded_and_grows() {
-        let delays: Vec<_> = backoff().collect();
+        let mut b = Backoff::default();
+        let delays: Vec<_> = std::iter::from_fn(|| b.next_delay(None)).collect();
         assert_eq!(delays.len(), MAX_ATTEMPTS - 1);
         assert!(delays.iter().all(|d| *d <= Duration::from_secs(20)));
+        assert_eq!(b.attempt(), MAX_ATTEMPTS);
+    }
+
+    #[test]
+    fn a_servers_delay_is_a_floor() {
+        let mut b = Backoff::attempts(3);
+        assert_eq!(
+            b.next_delay(Some(Duration::from_secs(30))),
+            Some(Duration::from_secs(30))
+        );
+        assert!(
+            b.next_delay(None)
+                .is_some_and(|d| d <= Duration::from_secs(10))
+        );
+        assert_eq!(b.next_delay(None), None);
     }
 
     #[test]

@@ -25,6 +25,7 @@ use tracing::Instrument;
 use crate::control::job::Job;
 use crate::control::table::{DestStatus, State, now_rfc3339};
 use crate::copy::{CopyRules, Engine, Outcome};
+use crate::retry::Backoff;
 use crate::store::queue::{Message, Queue};
 use crate::store::{Store, StoreError};
 
@@ -95,6 +96,7 @@ pub async fn run(
     let mut tasks: JoinSet<(JobEnd, u64)> = JoinSet::new();
     let mut summary = ConsumeSummary::default();
     let mut idle_since = Instant::now();
+    let mut receive_backoff = Backoff::forever();
     loop {
         while let Some(done) = tasks.try_join_next() {
             tally(&mut summary, done);
@@ -138,12 +140,16 @@ pub async fn run(
         let messages = match received {
             Ok(m) => m,
             Err(e) => {
-                tracing::error!(error = %e, "cannot receive from the queue; retrying in 5 s");
+                tracing::error!(error = %e, "cannot receive from the queue; retrying");
                 drop(first);
-                tokio::time::sleep(Duration::from_secs(5)).await;
+                tokio::select! {
+                    _ = receive_backoff.wait(None) => {}
+                    _ = shutdown.cancelled() => break,
+                }
                 continue;
             }
         };
+        receive_backoff = Backoff::forever();
         if messages.is_empty() {
             continue;
         }

@@ -19,6 +19,7 @@ use crate::registry::client::{Mount, Registry};
 
 use super::Engine;
 use super::dest::Dest;
+use crate::retry::Backoff;
 
 impl Engine {
     /// Mark the blobs the destination says it has in bulk (ECR) as present.
@@ -91,15 +92,11 @@ impl Engine {
                 Err(e) => d.fail(&e),
             }
         }
-        let mut attempt = 1;
-        let mut delays = crate::retry::backoff();
+        let mut backoff = Backoff::attempts(self.options.blob_attempts);
         // What a registry asked for when it refused the last attempt (429).
         let mut asked: Option<Duration> = None;
         while !targets.is_empty() {
-            if attempt > 1 {
-                let backoff = delays.next().unwrap_or(Duration::from_secs(1));
-                tokio::time::sleep(asked.take().map_or(backoff, |a| a.max(backoff))).await;
-            }
+            let attempt = backoff.attempt();
             let outcome = self
                 .stream_blob(src, src_repo, blob, &targets, bytes_read)
                 .await;
@@ -150,7 +147,10 @@ impl Engine {
                 }
             }
             targets = retry;
-            attempt += 1;
+            // Only transfers with attempts left are in `retry`, so this waits.
+            if !targets.is_empty() {
+                backoff.wait(asked.take()).await;
+            }
         }
         Ok(())
     }

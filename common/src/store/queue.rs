@@ -9,6 +9,7 @@ use aws_sdk_sqs::types::{MessageSystemAttributeName, SendMessageBatchRequestEntr
 use tokio::sync::{Mutex, Notify};
 
 use crate::control::job::Job;
+use crate::retry::Backoff;
 
 #[derive(Debug, thiserror::Error)]
 #[error("queue {queue}: {message}")]
@@ -174,13 +175,8 @@ impl SqsQueue {
                 .enumerate()
                 .map(|(i, body)| (format!("m{i}"), body.to_string()))
                 .collect();
-            for round in 0..3 {
-                if pending.is_empty() {
-                    break;
-                }
-                if round > 0 {
-                    tokio::time::sleep(Duration::from_millis(200 << round)).await;
-                }
+            let mut backoff = Backoff::attempts(3);
+            loop {
                 let entries = pending
                     .iter()
                     .map(|(id, body)| {
@@ -205,6 +201,9 @@ impl SqsQueue {
                     tracing::warn!(queue = %self.url, code = f.code(), message = f.message().unwrap_or(""), "SQS refused a message; retrying");
                 }
                 pending.retain(|(id, _)| failed.contains(id));
+                if pending.is_empty() || !backoff.wait(None).await {
+                    break;
+                }
             }
             if !pending.is_empty() {
                 return Err(self.err(format!(

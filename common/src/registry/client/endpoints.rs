@@ -10,7 +10,7 @@ use url::Url;
 use crate::error::{Error, Result};
 use crate::oci::digest::Digest;
 use crate::oci::manifest::{ACCEPT as MANIFEST_ACCEPT, MAX_MANIFEST_BYTES, Manifest};
-use crate::retry::{self, Class};
+use crate::retry::{self, Backoff, Class};
 
 use super::errors::{
     error_chain, error_message, header_str, read_error_text, read_limited, same_origin,
@@ -73,7 +73,7 @@ impl Registry {
         let what = format!("manifest {}/{repo}@{reference}", self.host);
         // `send` retries until the headers arrive; a body cut short is
         // retried here with the same budget.
-        let mut delays = retry::backoff();
+        let mut backoff = Backoff::default();
         let (content_type, claimed, raw) = loop {
             let resp = self
                 .send(&Scope::pull(repo), |c| {
@@ -96,14 +96,10 @@ impl Registry {
             }
             match read_limited(resp, MAX_MANIFEST_BYTES).await {
                 Ok(raw) => break (content_type, claimed, raw),
-                Err(e) if is_transient(&e) => match delays.next() {
-                    Some(d) => {
-                        self.stats.retries.fetch_add(1, Ordering::Relaxed);
-                        tracing::debug!(registry = %self.host, error = %error_chain(&e), "manifest body cut short; retrying");
-                        tokio::time::sleep(d).await;
-                    }
-                    None => return Err(self.transport_error(&e)),
-                },
+                Err(e) if is_transient(&e) && backoff.wait(None).await => {
+                    self.stats.retries.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(registry = %self.host, error = %error_chain(&e), "manifest body cut short; retried");
+                }
                 Err(e) => return Err(self.transport_error(&e)),
             }
         };

@@ -87,6 +87,16 @@ pub(super) fn error_message(body: &str) -> (Option<String>, String) {
         },
     )
 }
+/// Whether a 403 says the credentials expired, so one re-authentication may
+/// help. ECR answers an expired token with 403 and code `DENIED` ("Your
+/// authorization token has expired. Reauthenticate and try again."), the
+/// same code as an IAM refusal, so the code narrows it and the message
+/// decides. Anything without the code (a proxy's page) is a plain refusal.
+pub(super) fn expired_token(code: Option<&str>, message: &str) -> bool {
+    code.is_some_and(|c| c.eq_ignore_ascii_case("DENIED"))
+        && message.to_ascii_lowercase().contains("token has expired")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -117,5 +127,18 @@ mod tests {
             &Url::parse("http://r.example.com/x").unwrap(),
             &a
         ));
+    }
+
+    #[test]
+    fn expired_tokens_by_code() {
+        let (code, message) = error_message(
+            r#"{"errors":[{"code":"DENIED","message":"Your authorization token has expired. Reauthenticate and try again."}]}"#,
+        );
+        assert!(expired_token(code.as_deref(), &message));
+        let (code, message) = error_message(
+            r#"{"errors":[{"code":"DENIED","message":"User: arn:aws:sts::1:assumed-role/x is not authorized to perform: ecr:PutImage"}]}"#,
+        );
+        assert!(!expired_token(code.as_deref(), &message));
+        assert!(!expired_token(None, "token has expired"));
     }
 }

@@ -8,9 +8,9 @@ use reqwest::{Method, Response, StatusCode};
 
 use crate::error::{Error, Result};
 use crate::registry::auth::Credentials;
-use crate::retry::{self, Class};
+use crate::retry::{self, Backoff, Class};
 
-use super::errors::{error_chain, error_message, read_error_text};
+use super::errors::{error_chain, error_message, expired_token, read_error_text};
 use super::token::insufficient_scope;
 use super::{CredentialSource, Registry, Scope};
 
@@ -22,7 +22,7 @@ impl Registry {
     where
         F: Fn(&reqwest::Client) -> reqwest::RequestBuilder,
     {
-        let mut delays = retry::backoff();
+        let mut backoff = Backoff::default();
         let mut reauthed = false;
         let mut force_token = false;
         loop {
@@ -68,15 +68,11 @@ impl Registry {
             };
             let resp = match result {
                 Ok(r) => r,
-                Err(e) if is_transient(&e) => match delays.next() {
-                    Some(d) => {
-                        self.stats.retries.fetch_add(1, Ordering::Relaxed);
-                        tracing::debug!(registry = %self.host, error = %error_chain(&e), "transient error; retrying");
-                        tokio::time::sleep(d).await;
-                        continue;
-                    }
-                    None => return Err(self.transport_error(&e)),
-                },
+                Err(e) if is_transient(&e) && backoff.wait(None).await => {
+                    self.stats.retries.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(registry = %self.host, error = %error_chain(&e), "transient error; retried");
+                    continue;
+                }
                 Err(e) => return Err(self.transport_error(&e)),
             };
             let status = resp.status();
@@ -106,9 +102,9 @@ impl Registry {
                     });
                 }
                 Class::Final if status == StatusCode::FORBIDDEN && !reauthed => {
-                    // ECR says "Your authorization token has expired" with 403.
                     let body = read_error_text(resp).await;
-                    if body.to_ascii_lowercase().contains("expired") {
+                    let (code, message) = error_message(&body);
+                    if expired_token(code.as_deref(), &message) {
                         tracing::info!(registry = %self.host, "token expired; fetching a new one");
                         reauthed = true;
                         force_token = true;
@@ -118,7 +114,7 @@ impl Registry {
                     }
                     return Err(Error::Denied {
                         registry: self.host.clone(),
-                        message: error_message(&body).1,
+                        message,
                     });
                 }
                 Class::Retry => {
@@ -130,16 +126,12 @@ impl Registry {
                     {
                         return Err(e);
                     }
-                    let server_delay = retry::retry_after(resp.headers());
-                    match delays.next() {
-                        Some(d) => {
-                            self.stats.retries.fetch_add(1, Ordering::Relaxed);
-                            tracing::debug!(registry = %self.host, status = status.as_u16(), "transient status; retrying");
-                            tokio::time::sleep(server_delay.unwrap_or(d)).await;
-                            continue;
-                        }
-                        None => return Err(self.status_error(resp).await),
+                    if backoff.wait(retry::retry_after(resp.headers())).await {
+                        self.stats.retries.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(registry = %self.host, status = status.as_u16(), "transient status; retried");
+                        continue;
                     }
+                    return Err(self.status_error(resp).await);
                 }
                 _ => return Err(self.status_error(resp).await),
             }

@@ -9,7 +9,7 @@ use url::Url;
 
 use crate::error::{Error, Result};
 use crate::registry::auth::{Challenge, Credentials, Token, TokenResponse};
-use crate::retry::{self, Class};
+use crate::retry::{self, Backoff, Class};
 
 use super::errors::error_chain;
 use super::send::is_transient;
@@ -86,8 +86,7 @@ impl Registry {
         let mut url = Url::parse(realm)
             .map_err(|_| auth_err(format!("its token service address {realm:?} is not a URL")))?;
         let creds = self.credentials().await?;
-        let mut attempt = 0;
-        let mut delays = retry::backoff();
+        let mut backoff = Backoff::default();
         loop {
             let req = match &creds {
                 Credentials::IdentityToken(tok) => {
@@ -123,17 +122,14 @@ impl Registry {
                     r
                 }
             };
-            attempt += 1;
             let result = req.send().await;
-            let retry_delay = match &result {
-                Ok(resp) if retry::classify(resp.status()) == Class::Retry => delays.next(),
-                Err(e) if is_transient(e) => delays.next(),
-                _ => None,
+            let busy = match &result {
+                Ok(resp) => retry::classify(resp.status()) == Class::Retry,
+                Err(e) => is_transient(e),
             };
-            if let Some(d) = retry_delay {
+            if busy && backoff.wait(None).await {
                 self.stats.retries.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(registry = %self.host, attempt, "token service busy; retrying");
-                tokio::time::sleep(d).await;
+                tracing::debug!(registry = %self.host, attempt = backoff.attempt(), "token service busy; retried");
                 continue;
             }
             let resp = result.map_err(|e| {
