@@ -44,7 +44,7 @@ pub fn describe<E>(
 where
     E: aws_sdk_ecr::error::ProvideErrorMetadata + std::error::Error + 'static,
 {
-    let mut msg = crate::registry::client::error_chain(e);
+    let mut msg = crate::error::error_line(e);
     if let aws_sdk_ecr::error::SdkError::ServiceError(ctx) = e {
         let err = ctx.err();
         if let Some(m) = err.message()

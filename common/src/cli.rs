@@ -285,23 +285,6 @@ impl SourceDestArgs {
     }
 }
 
-/// An error and its causes on one line, each said once: a cause whose words
-/// are already in the message above it (a `{source}` in its format) is not
-/// repeated.
-pub fn error_line(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        let s = c.to_string();
-        if !out.contains(&s) {
-            out.push_str(": ");
-            out.push_str(&s);
-        }
-        cause = c.source();
-    }
-    out
-}
-
 /// Run a binary's async entry point on a multi-threaded runtime.
 pub fn run_async<F>(main: F) -> std::process::ExitCode
 where
@@ -380,19 +363,6 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn error_lines_say_each_cause_once() {
-        #[derive(Debug, thiserror::Error)]
-        #[error("cannot read m.yaml: {source}")]
-        struct Read {
-            source: std::io::Error,
-        }
-        let e = Read {
-            source: std::io::Error::other("no such file"),
-        };
-        assert_eq!(error_line(&e), "cannot read m.yaml: no such file");
-    }
 
     #[test]
     fn bytes_and_tables() {

@@ -140,9 +140,43 @@ impl Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// An error and its causes on one line, each said once: a cause whose words
+/// are already in the message above it (a `{source}` in its format) is not
+/// repeated.
+pub fn error_line(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let s = c.to_string();
+        if !out.contains(&s) {
+            out.push_str(": ");
+            out.push_str(&s);
+        }
+        cause = c.source();
+    }
+    out
+}
+
+/// A cause kept as the `#[source]` of an error that says, in its own
+/// words, what it was doing (an AWS SDK error, typically).
+pub type Cause = Box<dyn std::error::Error + Send + Sync + 'static>;
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn error_lines_say_each_cause_once() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("cannot read m.yaml: {source}")]
+        struct Read {
+            source: std::io::Error,
+        }
+        let e = Read {
+            source: std::io::Error::other("no such file"),
+        };
+        assert_eq!(error_line(&e), "cannot read m.yaml: no such file");
+    }
     use std::time::Duration;
 
     #[test]

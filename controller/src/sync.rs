@@ -61,7 +61,7 @@ pub async fn main(args: SyncArgs, shutdown: CancellationToken) -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             let e: &(dyn std::error::Error + 'static) = e.as_ref();
-            eprintln!("error: {}", mirrorfleet_common::cli::error_line(e));
+            eprintln!("error: {}", mirrorfleet_common::error::error_line(e));
             ExitCode::from(2)
         }
     }

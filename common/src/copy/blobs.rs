@@ -280,7 +280,7 @@ impl Engine {
                             message: format!(
                                 "reading {}: {}",
                                 what(),
-                                crate::registry::client::error_chain(&e)
+                                crate::error::error_line(&e)
                             ),
                         });
                     }

@@ -19,11 +19,19 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
 use crate::control::table::{DestStatus, Mirror, MirrorFile, Row, ScannedRow, State};
+use crate::error::{Cause, error_line};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// `message` says what failed, with its causes' words; the SDK's error
+    /// stays as the typed `cause`.
     #[error("DynamoDB table {table}: {message}")]
-    Dynamo { table: String, message: String },
+    Dynamo {
+        table: String,
+        message: String,
+        #[source]
+        cause: Option<Cause>,
+    },
     #[error("the row for {0} no longer exists (deleted while its job was queued)")]
     RowGone(String),
     #[error(
@@ -119,8 +127,12 @@ fn s(v: impl Into<String>) -> AttributeValue {
     AttributeValue::S(v.into())
 }
 
-fn chain<E: std::error::Error + 'static>(e: &E) -> String {
-    crate::registry::client::error_chain(e)
+/// DynamoDB's answer to `SET status.<dest>` on a row without a `status` map
+/// (one written by hand): a `ValidationException` about the document path.
+fn missing_status_map(e: &aws_sdk_dynamodb::operation::update_item::UpdateItemError) -> bool {
+    use aws_sdk_dynamodb::error::ProvideErrorMetadata;
+    e.code() == Some("ValidationException")
+        && e.message().is_some_and(|m| m.contains("document path"))
 }
 
 impl DynamoStore {
@@ -154,6 +166,23 @@ impl DynamoStore {
         StoreError::Dynamo {
             table: self.table.clone(),
             message,
+            cause: None,
+        }
+    }
+
+    /// An SDK failure, its words in the message and itself as the cause.
+    fn sdk_err<E>(&self, doing: Option<&str>, e: E) -> StoreError
+    where
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        let words = error_line(&e);
+        StoreError::Dynamo {
+            table: self.table.clone(),
+            message: match doing {
+                Some(d) => format!("{d}: {words}"),
+                None => words,
+            },
+            cause: Some(Box::new(e)),
         }
     }
 
@@ -191,7 +220,7 @@ impl DynamoStore {
             {
                 Ok(false)
             }
-            Err(e) => Err(self.err(format!("cannot create it: {}", chain(&e)))),
+            Err(e) => Err(self.sdk_err(Some("cannot create it"), e)),
         }
     }
 
@@ -215,11 +244,7 @@ impl DynamoStore {
                     if segments > 1 {
                         req = req.segment(seg as i32).total_segments(segments as i32);
                     }
-                    let out = req
-                        .set_exclusive_start_key(start.take())
-                        .send()
-                        .await
-                        .map_err(|e| chain(&e))?;
+                    let out = req.set_exclusive_start_key(start.take()).send().await?;
                     for item in out.items() {
                         rows.push(row_from_item(item));
                     }
@@ -228,7 +253,13 @@ impl DynamoStore {
                         _ => break,
                     }
                 }
-                Ok::<_, String>(rows)
+                Ok::<
+                    _,
+                    aws_sdk_dynamodb::error::SdkError<
+                        aws_sdk_dynamodb::operation::scan::ScanError,
+                        aws_sdk_dynamodb::config::http::HttpResponse,
+                    >,
+                >(rows)
             }));
         }
         let mut all = Vec::new();
@@ -236,7 +267,7 @@ impl DynamoStore {
             let rows = t
                 .await
                 .map_err(|e| self.err(format!("scan task failed: {e}")))?
-                .map_err(|m| self.err(format!("scan failed: {m}")))?;
+                .map_err(|e| self.sdk_err(Some("scan failed"), e))?;
             all.extend(rows);
         }
         all.sort_by(|a, b| a.key.cmp(&b.key));
@@ -252,7 +283,7 @@ impl DynamoStore {
             .consistent_read(true)
             .send()
             .await
-            .map_err(|e| self.err(chain(&e)))?;
+            .map_err(|e| self.sdk_err(None, e))?;
         Ok(out.item().map(row_from_item))
     }
 
@@ -321,7 +352,7 @@ impl DynamoStore {
         req.update_expression(expr)
             .send()
             .await
-            .map_err(|e| self.err(chain(&e)))?;
+            .map_err(|e| self.sdk_err(None, e))?;
         Ok(())
     }
 
@@ -334,7 +365,7 @@ impl DynamoStore {
             .return_values(aws_sdk_dynamodb::types::ReturnValue::AllOld)
             .send()
             .await
-            .map_err(|e| self.err(chain(&e)))?;
+            .map_err(|e| self.sdk_err(None, e))?;
         Ok(out.attributes().is_some())
     }
 
@@ -397,7 +428,7 @@ impl DynamoStore {
                         });
                     }
                     // The row has no `status` map yet (written by hand): create it, then retry.
-                    _ if attempt == 0 && chain(&e).contains("document path") => {
+                    Some(se) if attempt == 0 && missing_status_map(se) => {
                         self.client
                             .update_item()
                             .table_name(&self.table)
@@ -416,12 +447,12 @@ impl DynamoStore {
                                 Some(UpdateItemError::ConditionalCheckFailedException(_)) => {
                                     StoreError::RowGone(source.to_string())
                                 }
-                                _ => self.err(chain(&e)),
+                                _ => self.sdk_err(None, e),
                             })?;
                     }
                     _ => {
                         return Err(
-                            self.err(format!("cannot write the status of {dest}: {}", chain(&e)))
+                            self.sdk_err(Some(&format!("cannot write the status of {dest}")), e)
                         );
                     }
                 },
@@ -456,7 +487,7 @@ impl DynamoStore {
             {
                 Err(StoreError::RowGone(source.to_string()))
             }
-            Err(e) => Err(self.err(chain(&e))),
+            Err(e) => Err(self.sdk_err(None, e)),
         }
     }
 }

@@ -15,7 +15,11 @@ use crate::retry::Backoff;
 #[error("queue {queue}: {message}")]
 pub struct QueueError {
     pub queue: String,
+    /// What failed, with its causes' words.
     pub message: String,
+    /// The SDK's error, when one caused it.
+    #[source]
+    pub cause: Option<crate::error::Cause>,
 }
 
 /// A received message.
@@ -159,6 +163,16 @@ impl SqsQueue {
         QueueError {
             queue: self.url.clone(),
             message,
+            cause: None,
+        }
+    }
+
+    /// An SDK failure, its words in the message and itself as the cause.
+    fn sdk_err<E: std::error::Error + Send + Sync + 'static>(&self, e: E) -> QueueError {
+        QueueError {
+            queue: self.url.clone(),
+            message: crate::error::error_line(&e),
+            cause: Some(Box::new(e)),
         }
     }
 
@@ -194,7 +208,7 @@ impl SqsQueue {
                     .set_entries(Some(entries))
                     .send()
                     .await
-                    .map_err(|e| self.err(crate::registry::client::error_chain(&e)))?;
+                    .map_err(|e| self.sdk_err(e))?;
                 sent += out.successful().len();
                 let failed: Vec<String> = out.failed().iter().map(|f| f.id().to_string()).collect();
                 for f in out.failed() {
@@ -231,7 +245,7 @@ impl SqsQueue {
             .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
             .send()
             .await
-            .map_err(|e| self.err(crate::registry::client::error_chain(&e)))?;
+            .map_err(|e| self.sdk_err(e))?;
         Ok(out
             .messages()
             .iter()
@@ -255,7 +269,7 @@ impl SqsQueue {
             .receipt_handle(receipt)
             .send()
             .await
-            .map_err(|e| self.err(crate::registry::client::error_chain(&e)))?;
+            .map_err(|e| self.sdk_err(e))?;
         Ok(())
     }
 
@@ -267,7 +281,7 @@ impl SqsQueue {
             .visibility_timeout(visibility.as_secs() as i32)
             .send()
             .await
-            .map_err(|e| self.err(crate::registry::client::error_chain(&e)))?;
+            .map_err(|e| self.sdk_err(e))?;
         Ok(())
     }
 
@@ -281,7 +295,7 @@ impl SqsQueue {
             .attribute_names(A::ApproximateNumberOfMessagesNotVisible)
             .send()
             .await
-            .map_err(|e| self.err(crate::registry::client::error_chain(&e)))?;
+            .map_err(|e| self.sdk_err(e))?;
         let get = |k: A| {
             out.attributes()
                 .and_then(|a| a.get(&k))

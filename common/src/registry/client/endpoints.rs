@@ -12,9 +12,7 @@ use crate::oci::digest::Digest;
 use crate::oci::manifest::{ACCEPT as MANIFEST_ACCEPT, MAX_MANIFEST_BYTES, Manifest};
 use crate::retry::{self, Backoff, Class};
 
-use super::errors::{
-    error_chain, error_message, header_str, read_error_text, read_limited, same_origin,
-};
+use super::errors::{error_message, header_str, read_error_text, read_limited, same_origin};
 use super::send::is_transient;
 use super::token::Auth;
 use super::{ManifestHead, Mount, Registry, Scope};
@@ -98,7 +96,7 @@ impl Registry {
                 Ok(raw) => break (content_type, claimed, raw),
                 Err(e) if is_transient(&e) && backoff.wait(None).await => {
                     self.stats.retries.fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!(registry = %self.host, error = %error_chain(&e), "manifest body cut short; retried");
+                    tracing::debug!(registry = %self.host, error = %crate::error::error_line(&e), "manifest body cut short; retried");
                 }
                 Err(e) => return Err(self.transport_error(&e)),
             }

@@ -18,21 +18,6 @@ pub(super) fn header_str(
     h.get(name)?.to_str().ok().map(|s| s.trim().to_string())
 }
 
-/// An error with its causes ("error sending request: connection refused").
-pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut msg = e.to_string();
-    let mut src = e.source();
-    while let Some(s) = src {
-        let s_msg = s.to_string();
-        if !msg.contains(&s_msg) {
-            msg.push_str(": ");
-            msg.push_str(&s_msg);
-        }
-        src = s.source();
-    }
-    msg
-}
-
 pub(super) async fn read_limited(
     mut resp: Response,
     limit: usize,

@@ -13,7 +13,6 @@ mod quota;
 mod send;
 mod token;
 
-pub use errors::error_chain;
 pub use quota::PullQuota;
 
 use std::collections::HashMap;

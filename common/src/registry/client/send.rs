@@ -10,7 +10,7 @@ use crate::error::{Error, Result};
 use crate::registry::auth::Credentials;
 use crate::retry::{self, Backoff, Class};
 
-use super::errors::{error_chain, error_message, expired_token, read_error_text};
+use super::errors::{error_message, expired_token, read_error_text};
 use super::token::insufficient_scope;
 use super::{CredentialSource, Registry, Scope};
 
@@ -70,7 +70,7 @@ impl Registry {
                 Ok(r) => r,
                 Err(e) if is_transient(&e) && backoff.wait(None).await => {
                     self.stats.retries.fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!(registry = %self.host, error = %error_chain(&e), "transient error; retried");
+                    tracing::debug!(registry = %self.host, error = %crate::error::error_line(&e), "transient error; retried");
                     continue;
                 }
                 Err(e) => return Err(self.transport_error(&e)),
@@ -139,7 +139,7 @@ impl Registry {
     }
 
     pub(super) fn transport_error(&self, e: &reqwest::Error) -> Error {
-        let mut message = error_chain(e);
+        let mut message = crate::error::error_line(e);
         if !is_tls_failure(e) {
             return Error::Transport {
                 registry: self.host.clone(),
@@ -203,7 +203,7 @@ pub(super) fn is_transient(e: &reqwest::Error) -> bool {
 /// A refused certificate or a server that does not speak TLS: the same
 /// again later, so not worth a retry.
 pub(super) fn is_tls_failure(e: &reqwest::Error) -> bool {
-    let chain = error_chain(e);
+    let chain = crate::error::error_line(e);
     e.is_connect()
         && (chain.contains("InvalidContentType")
             || chain.contains("certificate")

@@ -11,7 +11,6 @@ use crate::error::{Error, Result};
 use crate::registry::auth::{Challenge, Credentials, Token, TokenResponse};
 use crate::retry::{self, Backoff, Class};
 
-use super::errors::error_chain;
 use super::send::is_transient;
 use super::{CredentialSource, Registry, Scope};
 
@@ -135,7 +134,7 @@ impl Registry {
             let resp = result.map_err(|e| {
                 auth_err(format!(
                     "its token service is unreachable: {}",
-                    error_chain(&e)
+                    crate::error::error_line(&e)
                 ))
             })?;
             let status = resp.status();
