@@ -8,6 +8,18 @@
 //! the very token a request carried. Destination repositories are created on
 //! first use; `RepositoryAlreadyExistsException` is success.
 
+mod host;
+mod mutability;
+#[cfg(test)]
+mod tests;
+
+#[allow(unused_imports)]
+use host::*;
+pub use host::{EcrHost, endpoint_flags, same_registry, valid_repository_name};
+#[allow(unused_imports)]
+use mutability::*;
+pub use mutability::{TagMutability, wildcard_matches};
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -25,167 +37,6 @@ use crate::registry::settings::EcrRepositorySettings;
 
 /// ECR's `PutImage` quota: 10 per second per account and region.
 pub const MANIFEST_PUTS_PER_SECOND: f64 = 10.0;
-
-/// An ECR registry host, parsed. The forms AWS documents:
-/// `<account>.dkr.ecr[-fips].<region>.amazonaws.com[.cn]` and the dual-stack
-/// `<account>.dkr-ecr[-fips].<region>.on.aws`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct EcrHost {
-    pub account: String,
-    pub region: String,
-    /// A FIPS endpoint: the ECR API client uses FIPS endpoints too.
-    pub fips: bool,
-    /// A dual-stack (IPv4 and IPv6) endpoint: so does the API client.
-    pub dual_stack: bool,
-}
-
-impl EcrHost {
-    pub fn parse(host: &str) -> Option<EcrHost> {
-        let host = host.split(':').next()?.to_ascii_lowercase();
-        let (rest, dual_stack) = if let Some(r) = host
-            .strip_suffix(".amazonaws.com")
-            .or_else(|| host.strip_suffix(".amazonaws.com.cn"))
-        {
-            (r, false)
-        } else {
-            (host.strip_suffix(".on.aws")?, true)
-        };
-        let mut parts = rest.split('.');
-        let account = parts.next()?;
-        if account.len() != 12 || !account.bytes().all(|b| b.is_ascii_digit()) {
-            return None;
-        }
-        let service = if dual_stack {
-            parts.next()?
-        } else {
-            if parts.next()? != "dkr" {
-                return None;
-            }
-            parts.next()?
-        };
-        let fips = match (service, dual_stack) {
-            ("ecr", false) | ("dkr-ecr", true) => false,
-            ("ecr-fips", false) | ("dkr-ecr-fips", true) => true,
-            _ => return None,
-        };
-        let region = parts.next()?;
-        let region_ok = !region.is_empty()
-            && region
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-        if parts.next().is_some() || !region_ok {
-            return None;
-        }
-        Some(EcrHost {
-            account: account.to_string(),
-            region: region.to_string(),
-            fips,
-            dual_stack,
-        })
-    }
-
-    /// The ARN partition of the host's region.
-    pub fn partition(&self) -> &'static str {
-        if self.region.starts_with("cn-") {
-            "aws-cn"
-        } else if self.region.starts_with("us-gov-") {
-            "aws-us-gov"
-        } else {
-            "aws"
-        }
-    }
-
-    /// Whether `other` names the same registry (account and region), in
-    /// whichever endpoint form.
-    pub fn same_registry(&self, other: &EcrHost) -> bool {
-        self.account == other.account && self.region == other.region
-    }
-}
-
-/// Whether two registry hosts are the same registry: the same ECR account
-/// and region in any endpoint form (standard, FIPS, dual-stack), or else the
-/// same host name.
-pub fn same_registry(a: &str, b: &str) -> bool {
-    match (EcrHost::parse(a), EcrHost::parse(b)) {
-        (Some(x), Some(y)) => x.same_registry(&y),
-        _ => a.eq_ignore_ascii_case(b),
-    }
-}
-
-/// ECR's repository name rule (`CreateRepository`): 2 to 256 characters,
-/// lowercase path components separated by single `.`, `_` or `-`, so `__`,
-/// `--` and a trailing separator are refused, which the distribution
-/// grammar allows.
-pub fn valid_repository_name(name: &str) -> bool {
-    let component_ok = |c: &str| {
-        !c.is_empty()
-            && c.split(['.', '_', '-']).all(|w| {
-                !w.is_empty()
-                    && w.bytes()
-                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
-            })
-    };
-    (2..=256).contains(&name.len()) && name.split('/').all(component_ok)
-}
-
-/// A repository's tag mutability, with ECR's exclusion filters (July 2025):
-/// `IMMUTABLE_WITH_EXCLUSION` keeps tags matching a filter mutable,
-/// `MUTABLE_WITH_EXCLUSION` makes them immutable.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct TagMutability {
-    pub immutable: bool,
-    /// Wildcard filters (`*` stands for any run of characters).
-    pub exclusions: Vec<String>,
-}
-
-impl TagMutability {
-    /// From ECR's mutability name and filters; an unknown name is mutable.
-    pub fn from_ecr(mutability: &str, exclusions: Vec<String>) -> TagMutability {
-        match mutability {
-            "IMMUTABLE" => TagMutability {
-                immutable: true,
-                exclusions: Vec::new(),
-            },
-            "IMMUTABLE_WITH_EXCLUSION" => TagMutability {
-                immutable: true,
-                exclusions,
-            },
-            "MUTABLE_WITH_EXCLUSION" => TagMutability {
-                immutable: false,
-                exclusions,
-            },
-            _ => TagMutability::default(),
-        }
-    }
-
-    /// Whether a tag, once pushed, may never point elsewhere (ECR refuses
-    /// any push to it, even of the same digest).
-    pub fn is_immutable(&self, tag: &str) -> bool {
-        self.immutable != self.exclusions.iter().any(|f| wildcard_matches(f, tag))
-    }
-}
-
-/// `*` matches any run of characters (none included); all else literally.
-pub fn wildcard_matches(pattern: &str, text: &str) -> bool {
-    let mut parts = pattern.split('*');
-    let Some(first) = parts.next() else {
-        return text.is_empty();
-    };
-    let Some(mut rest) = text.strip_prefix(first) else {
-        return false;
-    };
-    let middle: Vec<&str> = parts.collect();
-    let Some((last, inner)) = middle.split_last() else {
-        return rest.is_empty();
-    };
-    for p in inner {
-        match rest.find(p) {
-            Some(i) => rest = &rest[i + p.len()..],
-            None => return false,
-        }
-    }
-    rest.len() >= last.len() && rest.ends_with(last)
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum EcrError {
@@ -246,8 +97,10 @@ pub struct RepositoryInfo {
 }
 
 type TokenKey = (String, String, Option<String>);
+
 /// One cached token, behind its own lock so only one caller fetches it.
 type TokenSlot = Arc<Mutex<Option<(Credentials, SystemTime)>>>;
+
 type ClientKey = (String, Option<String>, bool, bool);
 
 /// ECR control-plane access shared by all copies in a process.
@@ -261,13 +114,9 @@ pub struct Ecr {
 
 /// Refresh this long before ECR's stated expiry.
 const REFRESH_MARGIN: Duration = Duration::from_secs(3600);
+
 /// How long a token reported as already expired is used before asking again.
 const SKEWED_TOKEN_USE: Duration = Duration::from_secs(300);
-
-/// The SDK flags an ECR host's endpoint form asks for: (FIPS, dual-stack).
-pub fn endpoint_flags(host: &EcrHost) -> (bool, bool) {
-    (host.fips, host.dual_stack)
-}
 
 impl Ecr {
     pub fn new() -> Ecr {
@@ -665,129 +514,6 @@ impl Ecr {
                 }
                 _ => Err(err(crate::aws::describe(&e))),
             },
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_ecr_hosts() {
-        let cases = [
-            (
-                "123456789012.dkr.ecr.us-east-1.amazonaws.com",
-                ("us-east-1", false, false, "aws"),
-            ),
-            (
-                "123456789012.dkr.ecr.us-east-1.amazonaws.com:443",
-                ("us-east-1", false, false, "aws"),
-            ),
-            (
-                "123456789012.dkr.ecr-fips.us-gov-west-1.amazonaws.com",
-                ("us-gov-west-1", true, false, "aws-us-gov"),
-            ),
-            (
-                "123456789012.dkr.ecr.cn-north-1.amazonaws.com.cn",
-                ("cn-north-1", false, false, "aws-cn"),
-            ),
-            (
-                "123456789012.dkr-ecr.eu-west-1.on.aws",
-                ("eu-west-1", false, true, "aws"),
-            ),
-            (
-                "123456789012.dkr-ecr-fips.us-east-2.on.aws",
-                ("us-east-2", true, true, "aws"),
-            ),
-        ];
-        for (raw, (region, fips, dual, partition)) in cases {
-            let h = EcrHost::parse(raw).unwrap_or_else(|| panic!("{raw}"));
-            assert_eq!(h.account, "123456789012", "{raw}");
-            assert_eq!(
-                (h.region.as_str(), h.fips, h.dual_stack, h.partition()),
-                (region, fips, dual, partition),
-                "{raw}"
-            );
-            assert_eq!(endpoint_flags(&h), (fips, dual), "{raw}");
-        }
-        for bad in [
-            "docker.io",
-            "12345.dkr.ecr.us-east-1.amazonaws.com",
-            "123456789012.dkr.ecr.amazonaws.com",
-            "123456789012.dkr.ecr.us-east-1.example.com",
-            "public.ecr.aws",
-            "123456789012.api.ecr.us-east-1.amazonaws.com",
-            "123456789012.dkr.ecr.us-east-1.on.aws",
-            "123456789012.dkr-ecr.on.aws",
-            "ecr.us-east-1.api.aws",
-        ] {
-            assert!(EcrHost::parse(bad).is_none(), "{bad}");
-        }
-    }
-
-    #[test]
-    fn one_registry_in_every_endpoint_form() {
-        let std = "123456789012.dkr.ecr.us-east-1.amazonaws.com";
-        assert!(same_registry(
-            std,
-            "123456789012.dkr.ecr-fips.us-east-1.amazonaws.com"
-        ));
-        assert!(same_registry(std, "123456789012.dkr-ecr.us-east-1.on.aws"));
-        assert!(!same_registry(
-            std,
-            "123456789012.dkr.ecr.us-east-2.amazonaws.com"
-        ));
-        assert!(!same_registry(
-            std,
-            "210987654321.dkr.ecr.us-east-1.amazonaws.com"
-        ));
-        assert!(same_registry(
-            "registry.example.com",
-            "Registry.example.com"
-        ));
-        assert!(!same_registry("registry.example.com", std));
-    }
-
-    #[test]
-    fn repository_names_follow_ecrs_rule() {
-        for good in ["ab", "team/app", "a.b_c-d/e1", "mirror/library/golang"] {
-            assert!(valid_repository_name(good), "{good}");
-        }
-        for bad in [
-            "a", "a__b", "a--b", "a/", "/a", "a//b", "A-b", "a-", "-a", "a._b",
-        ] {
-            assert!(!valid_repository_name(bad), "{bad}");
-        }
-        assert!(!valid_repository_name(&"a".repeat(257)));
-    }
-
-    #[test]
-    fn exclusion_filters_flip_a_tags_mutability() {
-        let sig = "sha256-0123.sig";
-        let plain = TagMutability::from_ecr("IMMUTABLE", vec!["*".into()]);
-        assert!(plain.is_immutable("1.0") && plain.is_immutable(sig));
-        let with = TagMutability::from_ecr(
-            "IMMUTABLE_WITH_EXCLUSION",
-            vec!["sha256-*".into(), "latest".into()],
-        );
-        assert!(with.is_immutable("1.0"));
-        assert!(!with.is_immutable(sig) && !with.is_immutable("latest"));
-        let mutable = TagMutability::from_ecr("MUTABLE_WITH_EXCLUSION", vec!["v*-rc*".into()]);
-        assert!(mutable.is_immutable("v1-rc2") && !mutable.is_immutable("v1"));
-        assert!(!TagMutability::from_ecr("MUTABLE", vec![]).is_immutable("x"));
-        for (p, t, want) in [
-            ("*", "", true),
-            ("a*", "abc", true),
-            ("*c", "abc", true),
-            ("a*c", "ac", true),
-            ("a*b*c", "axxbyyc", true),
-            ("a*b*c", "acb", false),
-            ("abc", "abcd", false),
-            ("*.sig", "sha256-1.sig", true),
-            ("*.sig", "sha256-1.att", false),
-        ] {
-            assert_eq!(wildcard_matches(p, t), want, "{p} {t}");
         }
     }
 }

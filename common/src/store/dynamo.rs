@@ -1,0 +1,394 @@
+//! The mirror table in DynamoDB: scans in parallel segments, rows by key,
+//! and status writes per destination under one conditional guard.
+
+use std::collections::HashMap;
+
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType,
+    ScalarAttributeType,
+};
+
+#[allow(unused_imports)]
+use super::*;
+use crate::control::table::{DestStatus, Mirror, ScannedRow};
+use crate::error::error_line;
+
+// ---------------------------------------------------------------- DynamoDB
+
+#[derive(Debug, Clone)]
+pub struct DynamoStore {
+    client: aws_sdk_dynamodb::Client,
+    table: String,
+    page_size: Option<i32>,
+}
+
+pub(super) fn s(v: impl Into<String>) -> AttributeValue {
+    AttributeValue::S(v.into())
+}
+
+/// DynamoDB's answer to `SET status.<dest>` on a row without a `status` map
+/// (one written by hand): a `ValidationException` about the document path.
+pub(super) fn missing_status_map(
+    e: &aws_sdk_dynamodb::operation::update_item::UpdateItemError,
+) -> bool {
+    use aws_sdk_dynamodb::error::ProvideErrorMetadata;
+    e.code() == Some("ValidationException")
+        && e.message().is_some_and(|m| m.contains("document path"))
+}
+
+impl DynamoStore {
+    /// A store on `table` through an explicitly configured client.
+    pub fn with_client(client: aws_sdk_dynamodb::Client, table: &str) -> DynamoStore {
+        DynamoStore {
+            client,
+            table: table.to_string(),
+            page_size: None,
+        }
+    }
+
+    /// A store on `table`, with region, credentials and endpoint from the
+    /// standard AWS configuration.
+    pub async fn new(table: &str) -> DynamoStore {
+        let conf = crate::aws::config().await;
+        DynamoStore {
+            client: aws_sdk_dynamodb::Client::new(&conf),
+            table: table.to_string(),
+            page_size: None,
+        }
+    }
+
+    /// Items per scan page (DynamoDB's default is 1 MB of items).
+    pub fn with_page_size(mut self, items: Option<u32>) -> DynamoStore {
+        self.page_size = items.map(|n| n.clamp(1, i32::MAX as u32) as i32);
+        self
+    }
+
+    pub(super) fn err(&self, message: String) -> StoreError {
+        StoreError::Dynamo {
+            table: self.table.clone(),
+            message,
+            cause: None,
+        }
+    }
+
+    /// An SDK failure, its words in the message and itself as the cause.
+    pub(super) fn sdk_err<E>(&self, doing: Option<&str>, e: E) -> StoreError
+    where
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        let words = error_line(&e);
+        StoreError::Dynamo {
+            table: self.table.clone(),
+            message: match doing {
+                Some(d) => format!("{d}: {words}"),
+                None => words,
+            },
+            cause: Some(Box::new(e)),
+        }
+    }
+
+    /// Create the table (on-demand, key `source`); an existing table is fine.
+    pub async fn create_table(&self) -> Result<bool, StoreError> {
+        use aws_sdk_dynamodb::operation::create_table::CreateTableError;
+        let r = self
+            .client
+            .create_table()
+            .table_name(&self.table)
+            .billing_mode(BillingMode::PayPerRequest)
+            .attribute_definitions(
+                AttributeDefinition::builder()
+                    .attribute_name("source")
+                    .attribute_type(ScalarAttributeType::S)
+                    .build()
+                    .map_err(|e| self.err(e.to_string()))?,
+            )
+            .key_schema(
+                KeySchemaElement::builder()
+                    .attribute_name("source")
+                    .key_type(KeyType::Hash)
+                    .build()
+                    .map_err(|e| self.err(e.to_string()))?,
+            )
+            .send()
+            .await;
+        match r {
+            Ok(_) => Ok(true),
+            Err(e)
+                if matches!(
+                    e.as_service_error(),
+                    Some(CreateTableError::ResourceInUseException(_))
+                ) =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(self.sdk_err(Some("cannot create it"), e)),
+        }
+    }
+
+    /// Scan every page of every segment, in parallel segments.
+    pub async fn scan(&self, segments: u32) -> Result<Vec<ScannedRow>, StoreError> {
+        let segments = segments.max(1);
+        let mut tasks = Vec::new();
+        for seg in 0..segments {
+            let client = self.client.clone();
+            let table = self.table.clone();
+            let limit = self.page_size;
+            tasks.push(tokio::spawn(async move {
+                let mut rows = Vec::new();
+                let mut start: Option<HashMap<String, AttributeValue>> = None;
+                loop {
+                    let mut req = client
+                        .scan()
+                        .table_name(&table)
+                        .consistent_read(true)
+                        .set_limit(limit);
+                    if segments > 1 {
+                        req = req.segment(seg as i32).total_segments(segments as i32);
+                    }
+                    let out = req.set_exclusive_start_key(start.take()).send().await?;
+                    for item in out.items() {
+                        rows.push(row_from_item(item));
+                    }
+                    match out.last_evaluated_key() {
+                        Some(k) if !k.is_empty() => start = Some(k.clone()),
+                        _ => break,
+                    }
+                }
+                Ok::<
+                    _,
+                    aws_sdk_dynamodb::error::SdkError<
+                        aws_sdk_dynamodb::operation::scan::ScanError,
+                        aws_sdk_dynamodb::config::http::HttpResponse,
+                    >,
+                >(rows)
+            }));
+        }
+        let mut all = Vec::new();
+        for t in tasks {
+            let rows = t
+                .await
+                .map_err(|e| self.err(format!("scan task failed: {e}")))?
+                .map_err(|e| self.sdk_err(Some("scan failed"), e))?;
+            all.extend(rows);
+        }
+        all.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(all)
+    }
+
+    pub async fn get(&self, source: &str) -> Result<Option<ScannedRow>, StoreError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("source", s(source))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| self.sdk_err(None, e))?;
+        Ok(out.item().map(row_from_item))
+    }
+
+    /// Add or replace a mirror's user fields, keeping its status.
+    pub async fn put_mirror(&self, m: &Mirror) -> Result<(), StoreError> {
+        let mut set = vec!["destinations = :d", "enabled = :e"];
+        let mut remove = Vec::new();
+        let mut req = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("source", s(m.key()))
+            .expression_attribute_values(
+                ":d",
+                AttributeValue::L(m.destination_names().into_iter().map(s).collect()),
+            )
+            .expression_attribute_values(":e", AttributeValue::Bool(m.enabled));
+        match m.overwrite {
+            Some(o) => {
+                set.push("overwrite = :o");
+                req = req.expression_attribute_values(":o", AttributeValue::Bool(o));
+            }
+            None => remove.push("overwrite"),
+        }
+        match &m.select {
+            Some(sel) => {
+                set.push("tags = :t");
+                let rules = serde_json::to_value(&sel.tags).unwrap_or_default();
+                req = req.expression_attribute_values(":t", json_to_attr(&rules));
+            }
+            None => remove.push("tags"),
+        }
+        match m.select.as_ref().and_then(|sel| sel.repositories.as_ref()) {
+            Some(rules) => {
+                set.push("repositories = :r");
+                let rules = serde_json::to_value(rules).unwrap_or_default();
+                req = req.expression_attribute_values(":r", json_to_attr(&rules));
+            }
+            None => remove.push("repositories"),
+        }
+        match m.select.as_ref().and_then(|sel| sel.strip.as_ref()) {
+            Some(strip) => {
+                set.push("strip = :s");
+                req = req.expression_attribute_values(":s", s(strip.clone()));
+            }
+            None => remove.push("strip"),
+        }
+        if m.platforms.is_empty() {
+            remove.push("platforms");
+        } else {
+            set.push("platforms = :p");
+            let list = m.platforms.iter().map(|p| s(p.to_string())).collect();
+            req = req.expression_attribute_values(":p", AttributeValue::L(list));
+        }
+        match m.expires {
+            Some(x) => {
+                set.push("expires = :x");
+                req = req.expression_attribute_values(":x", AttributeValue::N(x.to_string()));
+            }
+            None => remove.push("expires"),
+        }
+        let mut expr = format!("SET {}", set.join(", "));
+        if !remove.is_empty() {
+            expr.push_str(&format!(" REMOVE {}", remove.join(", ")));
+        }
+        req.update_expression(expr)
+            .send()
+            .await
+            .map_err(|e| self.sdk_err(None, e))?;
+        Ok(())
+    }
+
+    pub async fn delete(&self, source: &str) -> Result<bool, StoreError> {
+        let out = self
+            .client
+            .delete_item()
+            .table_name(&self.table)
+            .key("source", s(source))
+            .return_values(aws_sdk_dynamodb::types::ReturnValue::AllOld)
+            .send()
+            .await
+            .map_err(|e| self.sdk_err(None, e))?;
+        Ok(out.attributes().is_some())
+    }
+
+    pub async fn update_status(
+        &self,
+        source: &str,
+        dest: &str,
+        st: &DestStatus,
+    ) -> Result<(), StoreError> {
+        self.write_status(source, dest, st, Guard::Attempt).await
+    }
+
+    pub(super) async fn write_status(
+        &self,
+        source: &str,
+        dest: &str,
+        st: &DestStatus,
+        guard: Guard<'_>,
+    ) -> Result<(), StoreError> {
+        use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
+        let value = status_to_attr(st);
+        for attempt in 0..2 {
+            let mut req = self
+                .client
+                .update_item()
+                .table_name(&self.table)
+                .key("source", s(source))
+                .update_expression("SET #st.#d = :v")
+                .expression_attribute_names("#st", "status")
+                .expression_attribute_names("#d", dest)
+                .expression_attribute_names("#src", "source")
+                .expression_attribute_values(":v", value.clone());
+            // Never let an older attempt's result overwrite a newer one's
+            // (RFC 3339 UTC strings of one format compare in time order).
+            req = match (guard, &st.last_attempt) {
+                (Guard::Attempt, Some(t)) => req
+                    .condition_expression(
+                        "attribute_exists(#src) AND (attribute_not_exists(#st.#d.#la) OR #st.#d.#la <= :t)",
+                    )
+                    .expression_attribute_names("#la", "last_attempt")
+                    .expression_attribute_values(":t", s(t.clone())),
+                (Guard::Attempt, None) => req.condition_expression("attribute_exists(#src)"),
+                (Guard::QueuedAt(Some(seen)), _) => req
+                    .condition_expression("attribute_exists(#src) AND #st.#d.#qa = :seen")
+                    .expression_attribute_names("#qa", "queued_at")
+                    .expression_attribute_values(":seen", s(seen)),
+                (Guard::QueuedAt(None), _) => req
+                    .condition_expression("attribute_exists(#src) AND attribute_not_exists(#st.#d.#qa)")
+                    .expression_attribute_names("#qa", "queued_at"),
+            };
+            match req.send().await {
+                Ok(_) => return Ok(()),
+                Err(e) => match e.as_service_error() {
+                    Some(UpdateItemError::ConditionalCheckFailedException(_)) => {
+                        return Err(match self.get(source).await? {
+                            Some(_) => StoreError::Stale {
+                                dest: dest.to_string(),
+                            },
+                            None => StoreError::RowGone(source.to_string()),
+                        });
+                    }
+                    // The row has no `status` map yet (written by hand): create it, then retry.
+                    Some(se) if attempt == 0 && missing_status_map(se) => {
+                        self.client
+                            .update_item()
+                            .table_name(&self.table)
+                            .key("source", s(source))
+                            .update_expression("SET #st = if_not_exists(#st, :empty)")
+                            .condition_expression("attribute_exists(#src)")
+                            .expression_attribute_names("#st", "status")
+                            .expression_attribute_names("#src", "source")
+                            .expression_attribute_values(
+                                ":empty",
+                                AttributeValue::M(HashMap::new()),
+                            )
+                            .send()
+                            .await
+                            .map_err(|e| match e.as_service_error() {
+                                Some(UpdateItemError::ConditionalCheckFailedException(_)) => {
+                                    StoreError::RowGone(source.to_string())
+                                }
+                                _ => self.sdk_err(None, e),
+                            })?;
+                    }
+                    _ => {
+                        return Err(
+                            self.sdk_err(Some(&format!("cannot write the status of {dest}")), e)
+                        );
+                    }
+                },
+            }
+        }
+        Err(self.err(format!("cannot write the status of {dest}")))
+    }
+
+    pub async fn set_row_error(&self, source: &str, error: Option<&str>) -> Result<(), StoreError> {
+        use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
+        let mut req = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("source", s(source))
+            .condition_expression("attribute_exists(#src)")
+            .expression_attribute_names("#src", "source")
+            .expression_attribute_names("#err", "error");
+        req = match error {
+            Some(msg) => req
+                .update_expression("SET #err = :e")
+                .expression_attribute_values(":e", s(msg)),
+            None => req.update_expression("REMOVE #err"),
+        };
+        match req.send().await {
+            Ok(_) => Ok(()),
+            Err(e)
+                if matches!(
+                    e.as_service_error(),
+                    Some(UpdateItemError::ConditionalCheckFailedException(_))
+                ) =>
+            {
+                Err(StoreError::RowGone(source.to_string()))
+            }
+            Err(e) => Err(self.sdk_err(None, e)),
+        }
+    }
+}
