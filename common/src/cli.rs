@@ -285,6 +285,74 @@ impl SourceDestArgs {
     }
 }
 
+/// How a subcommand ended, as the README's exit-code table says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// 0: everything asked for is done (in sync, planned, stopped when idle).
+    Success,
+    /// 1: something failed that needs a person (a row, a destination).
+    Failed,
+    /// 2: invalid usage or configuration; nothing was done.
+    Usage,
+    /// 3: only transient failures: retrying later may succeed.
+    Transient,
+    /// 130: interrupted by SIGINT or SIGTERM.
+    Interrupted,
+}
+
+impl Exit {
+    pub fn code(self) -> u8 {
+        match self {
+            Exit::Success => 0,
+            Exit::Failed => 1,
+            Exit::Usage => 2,
+            Exit::Transient => 3,
+            Exit::Interrupted => 130,
+        }
+    }
+}
+
+/// Marks an error as invalid usage or configuration (exit code 2), wherever
+/// it sits in an error's chain. Its words are its cause's.
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+pub struct UsageError(pub Box<dyn std::error::Error + Send + Sync + 'static>);
+
+/// Wrap `e` as invalid usage or configuration.
+pub fn usage<E: Into<Box<dyn std::error::Error + Send + Sync + 'static>>>(e: E) -> UsageError {
+    UsageError(e.into())
+}
+
+/// The exit code of a failed subcommand: 2 when the chain holds a
+/// [`UsageError`], else 1.
+pub fn error_exit(e: &(dyn std::error::Error + 'static)) -> Exit {
+    let mut cur = Some(e);
+    while let Some(c) = cur {
+        if c.is::<UsageError>() {
+            return Exit::Usage;
+        }
+        cur = c.source();
+    }
+    Exit::Failed
+}
+
+/// The one end of every subcommand: its exit code, and a failure's chain on
+/// stderr as one `error: ...` line.
+pub fn finish<E>(result: Result<Exit, E>) -> std::process::ExitCode
+where
+    E: AsRef<dyn std::error::Error + Send + Sync + 'static>,
+{
+    let exit = match result {
+        Ok(exit) => exit,
+        Err(e) => {
+            let e: &(dyn std::error::Error + 'static) = e.as_ref();
+            eprintln!("error: {}", crate::error::error_line(e));
+            error_exit(e)
+        }
+    };
+    std::process::ExitCode::from(exit.code())
+}
+
 /// Run a binary's async entry point on a multi-threaded runtime.
 pub fn run_async<F>(main: F) -> std::process::ExitCode
 where
@@ -363,6 +431,32 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn usage_anywhere_in_the_chain_exits_2() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("registry configuration")]
+        struct Context(#[source] UsageError);
+        let e = Context(usage("settings.yaml: unknown field"));
+        assert_eq!(error_exit(&e), Exit::Usage);
+        assert_eq!(
+            crate::error::error_line(&e),
+            "registry configuration: settings.yaml: unknown field"
+        );
+        let plain = std::io::Error::other("connection refused");
+        assert_eq!(error_exit(&plain), Exit::Failed);
+        let codes: Vec<u8> = [
+            Exit::Success,
+            Exit::Failed,
+            Exit::Usage,
+            Exit::Transient,
+            Exit::Interrupted,
+        ]
+        .iter()
+        .map(|e| e.code())
+        .collect();
+        assert_eq!(codes, [0, 1, 2, 3, 130]);
+    }
 
     #[test]
     fn bytes_and_tables() {

@@ -1,10 +1,9 @@
 //! `mirrorfleet-controller check SRC DEST...`: is each destination at the
 //! source's digest? HEAD requests only; nothing is written.
 
-use std::process::ExitCode;
-
 use anyhow::Context;
 use clap::Args;
+use mirrorfleet_common::cli::{Exit, usage};
 use mirrorfleet_common::cli::{OutputFormat, RegistryArgs, SourceDestArgs, table};
 use mirrorfleet_common::control::plan::Probe;
 use mirrorfleet_common::control::scan::probe;
@@ -38,19 +37,13 @@ struct Row {
     error: Option<String>,
 }
 
-pub async fn main(args: CheckArgs) -> ExitCode {
-    match run(args).await {
-        Ok(code) => code,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::from(2)
-        }
-    }
-}
-
-async fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
-    let (source, dests) = args.images.references()?;
-    let engine = args.registry.engine().context("registry configuration")?;
+pub async fn main(args: CheckArgs) -> anyhow::Result<Exit> {
+    let (source, dests) = args.images.references().map_err(usage)?;
+    let engine = args
+        .registry
+        .engine()
+        .map_err(usage)
+        .context("registry configuration")?;
 
     // The controller's own probe: the same HEAD, the same words.
     let src = probe(&engine, &source, Role::Source).await;
@@ -111,8 +104,8 @@ async fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(if rows.iter().all(|r| r.in_sync) {
-        ExitCode::SUCCESS
+        Exit::Success
     } else {
-        ExitCode::from(1)
+        Exit::Failed
     })
 }

@@ -14,7 +14,7 @@ mod table_cmd;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use mirrorfleet_common::cli::LogArgs;
+use mirrorfleet_common::cli::{LogArgs, finish};
 use mirrorfleet_common::shutdown;
 
 #[derive(Debug, Parser)]
@@ -45,11 +45,11 @@ fn main() -> ExitCode {
     cli.log.init();
     mirrorfleet_common::cli::run_async(async move {
         let shutdown = shutdown::install();
-        match cli.command {
+        finish(match cli.command {
             Command::Check(args) => check::main(args).await,
             Command::Run(args) => run::main(args).await,
             Command::Table(args) => table_cmd::main(args).await,
             Command::Sync(args) => sync::main(args, shutdown).await,
-        }
+        })
     })
 }

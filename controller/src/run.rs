@@ -1,15 +1,16 @@
 //! `mirrorfleet-controller run`: scan → plan → enqueue → scale.
 
-use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context;
 use clap::Args;
+use mirrorfleet_common::cli::{Exit, usage};
 use mirrorfleet_common::cli::{OutputFormat, RegistryArgs, table};
 use mirrorfleet_common::control::enqueue::{self, RunSummary};
 use mirrorfleet_common::control::plan::Plan;
 use mirrorfleet_common::control::scan::{self, EventFilter, RowPlan};
+use mirrorfleet_common::error::error_line;
 use mirrorfleet_common::store::queue::{Queue, SqsQueue};
 use mirrorfleet_common::store::{DynamoStore, Store};
 
@@ -75,15 +76,12 @@ pub struct RunArgs {
     output: OutputFormat,
 }
 
-pub async fn main(args: RunArgs) -> ExitCode {
-    match run(args).await {
-        Ok(code) => code,
-        Err(e) => {
-            tracing::error!(error = %format!("{e:#}"), "controller run failed");
-            eprintln!("error: {e:#}");
-            ExitCode::from(1)
-        }
-    }
+pub async fn main(args: RunArgs) -> anyhow::Result<Exit> {
+    // Logged too, so a scheduled run's failure reaches CloudWatch.
+    run(args).await.inspect_err(|e| {
+        let e: &(dyn std::error::Error + 'static) = e.as_ref();
+        tracing::error!(error = %error_line(e), "controller run failed");
+    })
 }
 
 fn event_filter(args: &RunArgs) -> anyhow::Result<Option<EventFilter>> {
@@ -107,10 +105,15 @@ fn event_filter(args: &RunArgs) -> anyhow::Result<Option<EventFilter>> {
     })
 }
 
-async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+async fn run(args: RunArgs) -> anyhow::Result<Exit> {
     let started = Instant::now();
-    let filter = event_filter(&args)?;
-    let engine = Arc::new(args.registry.engine().context("registry configuration")?);
+    let filter = event_filter(&args).map_err(usage)?;
+    let engine = Arc::new(
+        args.registry
+            .engine()
+            .map_err(usage)
+            .context("registry configuration")?,
+    );
     let store = Store::Dynamo(
         DynamoStore::new(&args.table)
             .await
@@ -142,9 +145,9 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     summary.seconds = started.elapsed().as_secs_f64();
     report(&summary, scaled, args.output, !args.dry_run)?;
     Ok(if summary.rows_failed > 0 {
-        ExitCode::from(1)
+        Exit::Failed
     } else {
-        ExitCode::SUCCESS
+        Exit::Success
     })
 }
 

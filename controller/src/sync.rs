@@ -4,12 +4,12 @@
 //! a second run is incremental.
 
 use std::path::PathBuf;
-use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Args;
+use mirrorfleet_common::cli::{Exit, usage};
 use mirrorfleet_common::cli::{OutputFormat, RegistryArgs};
 use mirrorfleet_common::control::consume::{self, ConsumeOptions};
 use mirrorfleet_common::control::enqueue;
@@ -56,19 +56,13 @@ pub struct SyncArgs {
     output: OutputFormat,
 }
 
-pub async fn main(args: SyncArgs, shutdown: CancellationToken) -> ExitCode {
-    match run(args, shutdown).await {
-        Ok(code) => code,
-        Err(e) => {
-            let e: &(dyn std::error::Error + 'static) = e.as_ref();
-            eprintln!("error: {}", mirrorfleet_common::error::error_line(e));
-            ExitCode::from(2)
-        }
-    }
-}
-
-async fn run(args: SyncArgs, shutdown: CancellationToken) -> anyhow::Result<ExitCode> {
-    let engine = Arc::new(args.registry.engine().context("registry configuration")?);
+pub async fn main(args: SyncArgs, shutdown: CancellationToken) -> anyhow::Result<Exit> {
+    let engine = Arc::new(
+        args.registry
+            .engine()
+            .map_err(usage)
+            .context("registry configuration")?,
+    );
     loop {
         let code = once(&args, &engine, &shutdown).await?;
         let Some(every) = args.watch else {
@@ -76,7 +70,7 @@ async fn run(args: SyncArgs, shutdown: CancellationToken) -> anyhow::Result<Exit
         };
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
-            _ = shutdown.cancelled() => return Ok(ExitCode::from(130)),
+            _ = shutdown.cancelled() => return Ok(Exit::Interrupted),
         }
     }
 }
@@ -85,10 +79,10 @@ async fn once(
     args: &SyncArgs,
     engine: &Arc<mirrorfleet_common::Engine>,
     shutdown: &CancellationToken,
-) -> anyhow::Result<ExitCode> {
+) -> anyhow::Result<Exit> {
     let started = Instant::now();
     // Re-read the file each round so edits are picked up under --watch.
-    let store = Arc::new(Store::File(FileStore::open(&args.file)?));
+    let store = Arc::new(Store::File(FileStore::open(&args.file).map_err(usage)?));
     let queue = Arc::new(Queue::Memory(MemoryQueue::new(args.max_attempts)));
     let opts = scan::ScanOptions {
         check_referrers: args.check_referrers,
@@ -151,10 +145,10 @@ async fn once(
         "sync finished"
     );
     Ok(if shutdown.is_cancelled() {
-        ExitCode::from(130)
+        Exit::Interrupted
     } else if failed {
-        ExitCode::from(1)
+        Exit::Failed
     } else {
-        ExitCode::SUCCESS
+        Exit::Success
     })
 }

@@ -2,11 +2,11 @@
 
 use std::io::Read;
 use std::path::PathBuf;
-use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Args, Subcommand, ValueEnum};
 use mirrorfleet_common::Reference;
+use mirrorfleet_common::cli::{Exit, usage};
 use mirrorfleet_common::cli::{OutputFormat, table};
 use mirrorfleet_common::control::select::{RepoRules, TagRules};
 use mirrorfleet_common::control::table::{
@@ -138,19 +138,9 @@ enum FileFormat {
     Csv,
 }
 
-pub async fn main(args: TableArgs) -> ExitCode {
-    match run(args).await {
-        Ok(code) => code,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::from(1)
-        }
-    }
-}
-
-async fn run(args: TableArgs) -> anyhow::Result<ExitCode> {
+pub async fn main(args: TableArgs) -> anyhow::Result<Exit> {
     let Some(name) = args.table else {
-        anyhow::bail!("give the table with --table NAME or MIRRORFLEET_TABLE");
+        return Err(usage("give the table with --table NAME or MIRRORFLEET_TABLE").into());
     };
     let store = DynamoStore::new(&name).await;
     match args.command {
@@ -231,7 +221,7 @@ async fn run(args: TableArgs) -> anyhow::Result<ExitCode> {
                 Some(key) => println!("removed {key}"),
                 None => {
                     eprintln!("no mirror for {source}");
-                    return Ok(ExitCode::from(1));
+                    return Ok(Exit::Failed);
                 }
             }
         }
@@ -280,7 +270,7 @@ async fn run(args: TableArgs) -> anyhow::Result<ExitCode> {
             }
         }
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(Exit::Success)
 }
 
 /// DynamoDB's limit on one item, status map included.

@@ -1,11 +1,11 @@
 //! `mirrorfleet-worker consume`: the SQS worker loop, as run by AWS Batch.
 
-use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
+use mirrorfleet_common::cli::{Exit, usage};
 use mirrorfleet_common::cli::{OutputFormat, RegistryArgs};
 use mirrorfleet_common::control::consume::{self, ConsumeOptions};
 use mirrorfleet_common::store::queue::{Queue, SqsQueue};
@@ -48,23 +48,16 @@ pub struct ConsumeArgs {
     output: OutputFormat,
 }
 
-pub async fn main(args: ConsumeArgs, shutdown: CancellationToken) -> ExitCode {
-    match run(args, shutdown.clone()).await {
-        Ok(()) if shutdown.is_cancelled() => ExitCode::from(130),
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::from(2)
-        }
+pub async fn main(args: ConsumeArgs, shutdown: CancellationToken) -> anyhow::Result<Exit> {
+    if args.visibility < Duration::from_secs(3) {
+        return Err(usage("--visibility must be at least 3s").into());
     }
-}
-
-async fn run(args: ConsumeArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
-    anyhow::ensure!(
-        args.visibility >= Duration::from_secs(3),
-        "--visibility must be at least 3s"
+    let engine = Arc::new(
+        args.registry
+            .engine()
+            .map_err(usage)
+            .context("registry configuration")?,
     );
-    let engine = Arc::new(args.registry.engine().context("registry configuration")?);
     let store = Arc::new(Store::Dynamo(DynamoStore::new(&args.table).await));
     let queue = Arc::new(Queue::Sqs(SqsQueue::new(&args.queue_url).await));
     let opts = ConsumeOptions {
@@ -76,7 +69,7 @@ async fn run(args: ConsumeArgs, shutdown: CancellationToken) -> anyhow::Result<(
         trust_job_digest: false,
     };
     tracing::info!(queue = %args.queue_url, table = %args.table, jobs = opts.concurrency, "worker started");
-    let summary = consume::run(engine, queue, store, opts, shutdown).await;
+    let summary = consume::run(engine, queue, store, opts, shutdown.clone()).await;
     tracing::info!(
         jobs = summary.jobs,
         completed = summary.completed,
@@ -89,5 +82,9 @@ async fn run(args: ConsumeArgs, shutdown: CancellationToken) -> anyhow::Result<(
     if args.output == OutputFormat::Json {
         println!("{}", serde_json::to_string_pretty(&summary)?);
     }
-    Ok(())
+    Ok(if shutdown.is_cancelled() {
+        Exit::Interrupted
+    } else {
+        Exit::Success
+    })
 }

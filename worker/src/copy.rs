@@ -2,13 +2,13 @@
 //! as run by `aws batch submit-job --parameters source=...,dest=...`.
 
 use std::io::IsTerminal;
-use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, ValueEnum};
+use mirrorfleet_common::cli::{Exit, usage};
 use mirrorfleet_common::cli::{OutputFormat, RegistryArgs, SourceDestArgs, human_bytes, table};
 use mirrorfleet_common::copy::Progress;
 use mirrorfleet_common::oci::manifest::PlatformSpec;
@@ -106,20 +106,14 @@ impl CopyArgs {
     }
 }
 
-pub async fn main(args: CopyArgs, shutdown: CancellationToken) -> ExitCode {
-    let config = match args.config() {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            return ExitCode::from(2);
-        }
-    };
+pub async fn main(args: CopyArgs, shutdown: CancellationToken) -> anyhow::Result<Exit> {
+    let config = args.config().map_err(usage)?;
     let report = run(&config, shutdown.clone()).await;
     match print(&report, config.output) {
         Ok(()) => {}
         Err(e) => eprintln!("error: cannot write the summary: {e}"),
     }
-    exit_code(&report, shutdown.is_cancelled())
+    Ok(exit_code(&report, shutdown.is_cancelled()))
 }
 
 /// Copy and return the per-destination report.
@@ -228,9 +222,9 @@ fn print(report: &CopyReport, format: OutputFormat) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn exit_code(report: &CopyReport, interrupted: bool) -> ExitCode {
+fn exit_code(report: &CopyReport, interrupted: bool) -> Exit {
     if interrupted && !report.all_synced() {
-        return ExitCode::from(130);
+        return Exit::Interrupted;
     }
     let failed: Vec<_> = report
         .destinations
@@ -238,10 +232,10 @@ fn exit_code(report: &CopyReport, interrupted: bool) -> ExitCode {
         .filter(|d| d.outcome == Outcome::Failed)
         .collect();
     if failed.is_empty() {
-        ExitCode::SUCCESS
+        Exit::Success
     } else if failed.iter().all(|d| d.transient) {
-        ExitCode::from(3)
+        Exit::Transient
     } else {
-        ExitCode::from(1)
+        Exit::Failed
     }
 }

@@ -9,7 +9,7 @@ mod copy;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use mirrorfleet_common::cli::LogArgs;
+use mirrorfleet_common::cli::{LogArgs, finish};
 use mirrorfleet_common::shutdown;
 
 #[derive(Debug, Parser)]
@@ -39,9 +39,9 @@ fn main() -> ExitCode {
     cli.log.init();
     mirrorfleet_common::cli::run_async(async move {
         let shutdown = shutdown::install();
-        match cli.command {
+        finish(match cli.command {
             Command::Copy(args) => copy::main(args, shutdown).await,
             Command::Consume(args) => consume::main(args, shutdown).await,
-        }
+        })
     })
 }
