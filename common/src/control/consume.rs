@@ -23,7 +23,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::control::job::Job;
-use crate::control::table::{DestStatus, State, now_rfc3339};
+use crate::control::table::status::Attempt;
+use crate::control::table::{DestStatus, now_rfc3339};
 use crate::copy::{CopyRules, Engine, Outcome};
 use crate::retry::Backoff;
 use crate::store::queue::{Message, Queue};
@@ -265,10 +266,12 @@ async fn handle(
 
     let started = now_rfc3339();
     for d in &dests {
-        let mut st = row.status.get(&d.to_string()).cloned().unwrap_or_default();
-        st.state = Some(State::Copying);
-        st.attempts += 1;
-        st.last_attempt = Some(started.clone());
+        let st = row
+            .status
+            .get(&d.to_string())
+            .cloned()
+            .unwrap_or_default()
+            .copying(&started);
         write_status(store, &source_key, &d.to_string(), &st, &m.id).await;
     }
 
@@ -297,39 +300,38 @@ async fn handle(
     };
 
     let mut bytes = 0;
-    let finished = now_rfc3339();
+    let attempt = Attempt {
+        started: started.clone(),
+        finished: now_rfc3339(),
+        source_digest: report.source_digest.clone(),
+        platforms: row.mirror.platforms_key(),
+    };
     for d in &report.destinations {
         let key = d.destination.clone();
-        let mut st = row.status.get(&key).cloned().unwrap_or_default();
-        st.attempts += 1;
-        st.last_attempt = Some(started.clone());
-        st.source_digest = report.source_digest.clone();
+        let before = row.status.get(&key).cloned().unwrap_or_default();
         bytes += d.bytes_copied;
-        match d.outcome {
+        let st = match d.outcome {
             Outcome::Copied | Outcome::InSync => {
-                st.state = Some(State::Synced);
-                st.dest_digest = d.digest.clone();
-                st.platforms = row.mirror.platforms_key();
-                st.last_success = Some(finished.clone());
-                st.bytes_copied = d.bytes_copied;
-                st.error = None;
-                st.refused_referrers =
-                    (!d.refused_referrers.is_empty()).then(|| d.refused_referrers.join(","));
                 tracing::info!(job_id = %m.id, source = %report.source, destination = %key,
                     digest = %d.digest.as_ref().map(ToString::to_string).unwrap_or_default(),
                     bytes = d.bytes_copied, "destination synced");
+                before.synced(
+                    &attempt,
+                    d.digest.clone(),
+                    d.bytes_copied,
+                    &d.refused_referrers,
+                )
             }
             Outcome::Failed if cancel.is_cancelled() => {
                 // Shutting down: leave the status as it was before this attempt.
                 continue;
             }
             Outcome::Failed => {
-                st.state = Some(State::Failed);
-                st.error = d.error.clone();
                 tracing::error!(job_id = %m.id, source = %report.source, destination = %key,
                     receive_count = m.receive_count, error = d.error.as_deref().unwrap_or(""), "destination failed");
+                before.failed(&attempt, d.error.clone())
             }
-        }
+        };
         write_status(store, &source_key, &key, &st, &m.id).await;
     }
     let _ = store.set_row_error(&source_key, None).await;

@@ -9,7 +9,7 @@ use serde::Serialize;
 use crate::control::job::Job;
 use crate::control::plan::Plan;
 use crate::control::scan::RowPlan;
-use crate::control::table::{DestStatus, State, now_rfc3339};
+use crate::control::table::now_rfc3339;
 use crate::store::queue::{Queue, QueueError};
 use crate::store::{Store, StoreError};
 
@@ -84,12 +84,12 @@ pub async fn apply(
                     }
                     for d in mark_synced {
                         let key = d.to_string();
-                        let mut st = row.status.get(&key).cloned().unwrap_or_default();
-                        st.state = Some(State::Synced);
-                        st.source_digest = Some(source_digest.clone());
-                        st.dest_digest = Some(dest_digest.clone());
-                        st.platforms = row.mirror.platforms_key();
-                        st.error = None;
+                        let st = row
+                            .status
+                            .get(&key)
+                            .cloned()
+                            .unwrap_or_default()
+                            .found_in_sync(source_digest, dest_digest, row.mirror.platforms_key());
                         note(store.update_status(&rp.key, &key, &st).await, &rp.key);
                     }
                 }
@@ -169,12 +169,7 @@ async fn claim<'a>(
         let mut mine = Vec::with_capacity(job.destinations.len());
         for d in &job.destinations {
             let before = row.status.get(d).cloned().unwrap_or_default();
-            let st = DestStatus {
-                state: Some(State::Queued),
-                source_digest: job.source_digest.clone(),
-                queued_at: Some(now.clone()),
-                ..before.clone()
-            };
+            let st = before.queued(job.source_digest.clone(), &now);
             match store
                 .claim_queued(&rp.key, d, before.queued_at.as_deref(), &st)
                 .await

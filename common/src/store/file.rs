@@ -89,14 +89,7 @@ impl FileStore {
         let mut state = self.state.lock().await;
         let row = state.status.entry(source.to_string()).or_default();
         let old = row.get(dest);
-        let refused = match guard {
-            Guard::Attempt => match (old.and_then(|o| o.last_attempt.as_ref()), &st.last_attempt) {
-                (Some(old), Some(new)) => old > new,
-                _ => false,
-            },
-            Guard::QueuedAt(seen) => old.and_then(|o| o.queued_at.as_deref()) != seen,
-        };
-        if refused {
+        if !guard.allows(old, st) {
             return Err(StoreError::Stale {
                 dest: dest.to_string(),
             });

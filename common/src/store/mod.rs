@@ -111,11 +111,4 @@ impl Store {
     }
 }
 
-/// What must still hold for a status write to land.
-#[derive(Debug, Clone, Copy)]
-enum Guard<'a> {
-    /// No newer attempt's result is recorded (results of workers).
-    Attempt,
-    /// `queued_at` is still what the controller saw (claims of controllers).
-    QueuedAt(Option<&'a str>),
-}
+use crate::control::table::status::Guard;

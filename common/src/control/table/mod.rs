@@ -25,6 +25,7 @@
 mod csv;
 mod file;
 mod mirror;
+pub mod status;
 #[cfg(test)]
 mod tests;
 
