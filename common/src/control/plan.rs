@@ -54,6 +54,12 @@ impl Plan {
 /// retried on a later run.
 pub const DEFAULT_REQUEUE_AFTER: Duration = Duration::from_secs(3600);
 
+/// The plan of a row that needs no probe at all (`enabled: false`), so the
+/// controller can skip its HEADs; `None` when the row must be probed.
+pub fn without_probes(row: &Row) -> Option<Plan> {
+    (!row.mirror.enabled).then_some(Plan::Disabled)
+}
+
 /// Decide what to do with `row`. `dests` has one probe per destination, in the
 /// row's order. `filtered` is the digest of the source cut down to the row's
 /// platforms, when that differs from the source's own.
@@ -65,8 +71,27 @@ pub fn plan(
     now: SystemTime,
     requeue_after: Duration,
 ) -> Plan {
-    if !row.mirror.enabled {
-        return Plan::Disabled;
+    plan_with_referrers(row, source, filtered, dests, &[], now, requeue_after)
+}
+
+/// [`plan`], knowing which referrer tags (`sha256-<hex>`, `.sig`, ...) each
+/// destination lacks against the source: one list per destination in the
+/// row's order, or none at all when they were not checked. A destination in
+/// sync that lacks some is copied again (the copy finds the image in sync and
+/// brings the referrers), except for tags its status says it refused
+/// (immutable there at another digest: queueing again would repeat that
+/// forever).
+pub fn plan_with_referrers(
+    row: &Row,
+    source: &Probe,
+    filtered: Option<&Digest>,
+    dests: &[Probe],
+    referrers_missing: &[Vec<String>],
+    now: SystemTime,
+    requeue_after: Duration,
+) -> Plan {
+    if let Some(p) = without_probes(row) {
+        return p;
     }
     let source_digest = match source {
         Probe::Found(d) => d.clone(),
@@ -82,10 +107,27 @@ pub fn plan(
     let mut copy = Vec::new();
     let mut mark_synced = Vec::new();
     let mut pending = Vec::new();
-    for (dest, probe) in row.mirror.destinations.iter().zip(dests) {
+    // Referrer copies come after the others, as the controller reports them.
+    let mut referrer_copies = Vec::new();
+    for (i, (dest, probe)) in row.mirror.destinations.iter().zip(dests).enumerate() {
         let status = row.status.get(&dest.to_string());
         let reason = match probe {
             Probe::Found(d) if *d == want => {
+                let refused = status.and_then(|s| s.refused_referrers.as_deref());
+                let missing: Vec<&str> = referrers_missing
+                    .get(i)
+                    .into_iter()
+                    .flatten()
+                    .map(String::as_str)
+                    .filter(|t| !refused.is_some_and(|r| r.split(',').any(|x| x == *t)))
+                    .collect();
+                if !missing.is_empty() {
+                    referrer_copies.push((
+                        dest.clone(),
+                        format!("signatures or attestations missing: {}", missing.join(", ")),
+                    ));
+                    continue;
+                }
                 let recorded = status.is_some_and(|s| {
                     s.state == Some(State::Synced) && s.dest_digest.as_ref() == Some(d)
                 });
@@ -118,6 +160,7 @@ pub fn plan(
             copy.push((dest.clone(), reason));
         }
     }
+    copy.extend(referrer_copies);
     Plan::Act {
         source_digest,
         dest_digest: want,
@@ -210,6 +253,53 @@ mod tests {
         assert!(
             matches!(&p, Plan::Act { copy, mark_synced, pending, .. } if copy.is_empty() && mark_synced.is_empty() && pending.is_empty())
         );
+    }
+
+    #[test]
+    fn lagging_referrers_copy_an_in_sync_destination_unless_refused() {
+        let mut r = row(&[A, B]);
+        let sig = "sha256-aa.sig".to_string();
+        let missing = [vec![sig.clone()], vec![sig.clone()]];
+        r.status.insert(
+            B.parse::<Reference>().unwrap().to_string(),
+            DestStatus {
+                refused_referrers: Some(sig.clone()),
+                ..Default::default()
+            },
+        );
+        let found = [Probe::Found(d(1)), Probe::Found(d(1))];
+        let p = plan_with_referrers(
+            &r,
+            &Probe::Found(d(1)),
+            None,
+            &found,
+            &missing,
+            now(),
+            DEFAULT_REQUEUE_AFTER,
+        );
+        let Plan::Act {
+            copy, mark_synced, ..
+        } = &p
+        else {
+            panic!("{p:?}")
+        };
+        assert_eq!(copy.len(), 1, "{copy:?}");
+        assert_eq!(copy[0].0.to_string(), A);
+        assert_eq!(
+            copy[0].1,
+            format!("signatures or attestations missing: {sig}")
+        );
+        // B refused that tag once: it is in sync, not queued again.
+        assert_eq!(
+            mark_synced
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>(),
+            [B]
+        );
+        assert!(without_probes(&r).is_none());
+        r.mirror.enabled = false;
+        assert_eq!(without_probes(&r), Some(Plan::Disabled));
     }
 
     #[test]

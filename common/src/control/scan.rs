@@ -6,7 +6,9 @@ use std::time::{Duration, SystemTime};
 
 use tokio::sync::Semaphore;
 
-use crate::control::plan::{Plan, Probe, known_subset_digest, plan};
+use crate::control::plan::{
+    Plan, Probe, known_subset_digest, plan, plan_with_referrers, without_probes,
+};
 use crate::control::table::Row;
 use crate::copy::Engine;
 use crate::oci::reference::Reference;
@@ -187,10 +189,10 @@ pub async fn scan(
             {
                 return Vec::new();
             }
-            if !row.mirror.enabled {
+            if let Some(p) = without_probes(&row) {
                 return vec![RowPlan {
                     key,
-                    plan: Ok(Plan::Disabled),
+                    plan: Ok(p),
                     row: Some(row),
                 }];
             }
@@ -243,12 +245,13 @@ async fn plan_image(ctx: &Ctx<'_>, key: String, row: Row) -> RowPlan {
             dests.push(probe(engine, d, Role::Destination).await);
         }
     }
+    let now = SystemTime::now();
     let mut p = plan(
         &row,
         &source,
         filtered.as_ref(),
         &dests,
-        SystemTime::now(),
+        now,
         ctx.opts.requeue_after,
     );
     if let Probe::Found(digest) = &source {
@@ -258,8 +261,19 @@ async fn plan_image(ctx: &Ctx<'_>, key: String, row: Row) -> RowPlan {
         };
         // A subset's destinations hold another digest: the source index's
         // referrers are not theirs.
-        if check && row.mirror.platforms.is_empty() {
-            check_referrers(engine, &row, digest, &mut p).await;
+        if check
+            && row.mirror.platforms.is_empty()
+            && let Some(missing) = referrer_facts(engine, &row, digest, &p).await
+        {
+            p = plan_with_referrers(
+                &row,
+                &source,
+                filtered.as_ref(),
+                &dests,
+                &missing,
+                now,
+                ctx.opts.requeue_after,
+            );
         }
     }
     RowPlan {
@@ -269,52 +283,34 @@ async fn plan_image(ctx: &Ctx<'_>, key: String, row: Row) -> RowPlan {
     }
 }
 
-/// Destinations in sync whose referrer tags lag the source's are copied
-/// again (the copy finds the image in sync and brings the referrers).
-async fn check_referrers(
+/// The referrer tags each destination lacks against the source, for the
+/// planner; only destinations the plan finds in sync are asked (the others
+/// are copied anyway, referrers included). `None` when the source has no
+/// referrer tags (nothing to lack) or the plan copies nothing.
+async fn referrer_facts(
     engine: &Engine,
     row: &Row,
     digest: &crate::oci::digest::Digest,
-    p: &mut Plan,
-) {
-    let Plan::Act {
-        copy,
-        mark_synced,
-        pending,
-        ..
-    } = p
-    else {
-        return;
+    p: &Plan,
+) -> Option<Vec<Vec<String>>> {
+    let Plan::Act { copy, pending, .. } = p else {
+        return None;
     };
     let tags = crate::oci::referrers::referrer_tags(digest);
     let at_source = head_tags(engine, &row.mirror.source, &tags, Role::Source).await;
     if at_source.iter().all(Option::is_none) {
-        return;
+        return None;
     }
+    let mut missing = Vec::with_capacity(row.mirror.destinations.len());
     for d in &row.mirror.destinations {
         if copy.iter().any(|(c, _)| c == d) || pending.contains(d) {
+            missing.push(Vec::new());
             continue;
         }
         let at_dest = head_tags(engine, d, &tags, Role::Destination).await;
-        let mut missing = referrers_missing(&tags, &at_source, &at_dest);
-        // A tag the destination refused (immutable there, at another
-        // digest) was reported by the copy once; queueing the image again
-        // for it would repeat that forever.
-        if let Some(refused) = row
-            .status
-            .get(&d.to_string())
-            .and_then(|s| s.refused_referrers.as_deref())
-        {
-            missing.retain(|t| !refused.split(',').any(|r| r == t));
-        }
-        if !missing.is_empty() {
-            mark_synced.retain(|m| m != d);
-            copy.push((
-                d.clone(),
-                format!("signatures or attestations missing: {}", missing.join(", ")),
-            ));
-        }
+        missing.push(referrers_missing(&tags, &at_source, &at_dest));
     }
+    Some(missing)
 }
 
 /// The digest each of `tags` of `image`'s repository points at, if any.
