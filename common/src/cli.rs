@@ -19,7 +19,7 @@ pub struct RegistryArgs {
     #[arg(long, env = "MIRRORFLEET_REGISTRIES", value_name = "FILE")]
     pub registries: Option<PathBuf>,
 
-    /// Use plain HTTP for this registry (HOST[:PORT]); repeat or comma-separate.
+    /// Use plain HTTP for this registry (`HOST[:PORT]`); repeat or comma-separate.
     /// Nothing is plain HTTP unless named, not even localhost.
     #[arg(
         long = "plain-http",

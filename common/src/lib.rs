@@ -1,26 +1,57 @@
-//! mirrorfleet's shared library: everything between an image reference and
-//! bytes in a destination registry.
+//! mirrorfleet's shared library: the control plane that decides what to
+//! mirror, and the copy engine that moves the bytes.
 //!
-//! Modules in data-flow order:
-//! - [`reference`]: parse and normalise image references (`golang:1.17` →
-//!   `docker.io/library/golang:1.17`).
-//! - [`select`]: which listed tags or repositories a many-image mirror row
-//!   takes (`tags` and `repositories` rules).
-//! - [`settings`]: per-registry settings (endpoint overrides, TLS, credentials).
-//! - [`auth`]: credentials (explicit, Docker config, helpers) and challenges.
-//! - [`ecr`]: ECR hosts, authorization tokens and repository creation.
-//! - [`registries`]: one HTTP client per registry, with its credentials.
-//! - [`client`]: the registry HTTP API (manifests, blobs, mounts, uploads),
-//!   with auth and retries per [`retry`], and adaptive concurrency per
-//!   [`limit`] (fewer requests at once after a 429), and manifest pushes
-//!   paced per [`bucket`] (ECR's `PutImage` rate).
-//! - [`manifest`] and [`digest`]: raw manifests and their parsed form; streaming
-//!   sha256 verification.
-//! - [`ledger`]: which blobs are present or in flight per repository.
-//! - [`copy`]: the engine that copies one source to many destinations.
-//! - [`cli`]: flags shared by the binaries, logging, tables.
+//! The pipeline is row → plan → job → copy → status. Each step has one
+//! folder; the modules are listed in the order data flows through them.
+//! `docs/architecture.md` draws the picture and says which folder each kind
+//! of change touches.
+//!
+//! **Rows** ([`control::table`], kept by [`store`]):
+//! - [`control::table`]: a mirror row ([`control::table::Row`]), its
+//!   destinations' statuses, the mirror file (`file`) and CSV (`csv`) forms;
+//!   [`control::table::status`] is the only place a status changes, and its
+//!   `Guard` decides whether a write lands.
+//! - [`control::select`]: which tags (`tags`, version ranges in `versions`)
+//!   and repositories (`repos`, `glob`) a many-image row takes.
+//! - [`store`]: where rows live: DynamoDB (`dynamo`, with the item codec in
+//!   `item`) or, in local mode, a file (`file`); [`store::queue`] holds jobs
+//!   in SQS or in memory.
+//!
+//! **Plan** (the controller):
+//! - [`control::scan`]: read the rows, probe (HEAD) sources and
+//!   destinations, gather the facts the planner needs (referrer tags too).
+//! - [`control::plan`]: the decision, a pure function of those facts.
+//! - [`control::enqueue`]: apply a plan: mark `synced`, claim `queued`, send
+//!   [`control::job`] messages.
+//!
+//! **Copy** (the worker):
+//! - [`control::consume`]: the worker loop: receive a job, copy, record each
+//!   destination's outcome, delete or defer the message.
+//! - [`copy`]: the engine, one source to N destinations, all platforms:
+//!   destination state (`dest`), blobs claimed in a ledger and streamed with
+//!   their sha256 checked (`blobs`, `ledger`), manifest trees pushed children
+//!   first (`tree`), then signatures and attestations (`referrers`).
+//! - [`oci`]: the data model: [`oci::reference`], [`oci::digest`] (with the
+//!   streaming verifier), [`oci::manifest`] (raw bytes beside the parsed
+//!   form), [`oci::referrers`] (the referrer tag scheme, once).
+//! - [`registry`]: one client per registry ([`registry::Registries`], also
+//!   the one layer that knows about ECR), its [`registry::settings`],
+//!   [`registry::auth`] credentials, [`registry::ecr`] (hosts, tokens,
+//!   repositories, tag mutability) and the HTTP API in [`registry::client`]
+//!   (the auth handshake in `token`, the one request path in `send`, Docker
+//!   Hub's pull quota in `quota`, the `endpoints`, error bodies in `errors`),
+//!   with adaptive concurrency (`limit`) and manifest-push pacing (`pace`).
+//!
+//! **Across the pipeline:**
+//! - `retry`: the one retry policy (the status table) and the one retry
+//!   helper (`Backoff`), for registry and AWS calls alike.
+//! - [`aws`]: the AWS SDK configuration and how its errors read.
+//! - [`error`]: the copy path's error type in words a mirror's owner can act
+//!   on, and [`error::error_line`] to render any error chain.
 //! - [`metrics`]: CloudWatch Embedded Metric Format lines.
-//! - [`error`]: the one error type, in words a mirror's owner can act on.
+//! - [`cli`]: what the binaries share: flags, logging, tables, and
+//!   [`cli::finish`], the exit code of every subcommand.
+//! - [`shutdown`]: the one cancellation token, from SIGINT/SIGTERM.
 
 pub mod aws;
 pub mod cli;
@@ -30,7 +61,7 @@ pub mod error;
 pub mod metrics;
 pub mod oci;
 pub mod registry;
-pub mod retry;
+pub(crate) mod retry;
 pub mod shutdown;
 pub mod store;
 

@@ -6,7 +6,7 @@
 //!    source digest are done (zero bytes moved). ECR repositories are created
 //!    here, and overwrite rules are checked.
 //! 2. GET the manifest tree once (index, children, nested indexes), by digest.
-//! 3. Blobs, concurrently: each unique blob is claimed in the [`Ledger`] per
+//! 3. Blobs, concurrently: each unique blob is claimed in the ledger (`ledger`) per
 //!    destination repository, then skipped if present, mounted if it lives on
 //!    the same registry, or read ONCE from the source and streamed to every
 //!    destination lacking it. The sha256 is checked while streaming and the
@@ -15,7 +15,7 @@
 //! 4. Manifests, per destination: children by digest, the top one by tag last.
 //!
 //! 5. Referrers (signatures, attestations, SBOMs), per destination that
-//!    succeeded or was in sync: see [`Engine::copy_referrers`]. Their
+//!    succeeded or was in sync: see `referrers`. Their
 //!    failures are warnings, never the image's outcome.
 //!
 //! A destination that fails stops receiving work; the others go on. The

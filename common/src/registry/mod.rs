@@ -4,8 +4,8 @@
 pub mod auth;
 pub mod client;
 pub mod ecr;
-pub mod limit;
-pub mod pace;
+pub(crate) mod limit;
+pub(crate) mod pace;
 pub mod settings;
 
 use std::collections::{BTreeMap, HashMap};

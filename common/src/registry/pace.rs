@@ -48,11 +48,8 @@ impl TokenBucket {
         })
     }
 
-    pub fn rate(&self) -> f64 {
-        self.rate
-    }
-
-    pub fn burst(&self) -> f64 {
+    #[cfg(test)]
+    fn burst(&self) -> f64 {
         self.burst
     }
 

@@ -3,7 +3,7 @@
 //! One [`Registry`] per registry host and credential set. It owns the auth
 //! handshake (challenge, token cache honouring `expires_in`, one re-auth on
 //! 401 or on ECR's "token expired" 403), retries with jittered backoff per the
-//! [`crate::retry`] table, and a per-registry concurrency limit for short
+//! `crate::retry` table, and a per-registry concurrency limit for short
 //! requests. Streaming blob bodies are bounded by the copy engine instead, so a
 //! transfer holding a permit never waits on another transfer's permit.
 
