@@ -7,8 +7,10 @@
 //! of change touches.
 //!
 //! **Rows** ([`control::table`], kept by [`store`]):
-//! - [`control::table`]: a mirror row ([`control::table::Row`]), its
-//!   destinations' statuses, the mirror file (`file`) and CSV (`csv`) forms;
+//! - [`control`]: the control plane's steps, below.
+//! - [`control::table`]: a mirror row ([`control::table::Row`]) and its
+//!   destinations' statuses, how a mirror is built and checked (`mirror`),
+//!   the mirror file (`file`) and CSV (`csv`) forms;
 //!   [`control::table::status`] is the only place a status changes, and its
 //!   `Guard` decides whether a write lands.
 //! - [`control::select`]: which tags (`tags`, version ranges in `versions`)
@@ -36,8 +38,8 @@
 //!   form), [`oci::referrers`] (the referrer tag scheme, once).
 //! - [`registry`]: one client per registry ([`registry::Registries`], also
 //!   the one layer that knows about ECR), its [`registry::settings`],
-//!   [`registry::auth`] credentials, [`registry::ecr`] (hosts, tokens,
-//!   repositories, tag mutability) and the HTTP API in [`registry::client`]
+//!   [`registry::auth`] credentials, [`registry::ecr`] (tokens and
+//!   repositories, its hosts in `host`, tag rules in `mutability`) and the HTTP API in [`registry::client`]
 //!   (the auth handshake in `token`, the one request path in `send`, Docker
 //!   Hub's pull quota in `quota`, the `endpoints`, error bodies in `errors`),
 //!   with adaptive concurrency (`limit`) and manifest-push pacing (`pace`).
