@@ -8,10 +8,13 @@ use aws_sdk_dynamodb::types::{
     ScalarAttributeType,
 };
 
-#[allow(unused_imports)]
-use super::*;
+use crate::control::table::status::Guard;
 use crate::control::table::{DestStatus, Mirror, ScannedRow};
 use crate::error::error_line;
+use crate::store::StoreError;
+use crate::store::item::json_to_attr;
+use crate::store::item::status_to_attr;
+use crate::store::row_from_item;
 
 // ---------------------------------------------------------------- DynamoDB
 

@@ -7,9 +7,9 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
-#[allow(unused_imports)]
-use super::*;
+use crate::control::table::status::Guard;
 use crate::control::table::{DestStatus, Mirror, MirrorFile, Row, ScannedRow};
+use crate::store::StoreError;
 
 // ---------------------------------------------------------------- file
 

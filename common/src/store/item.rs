@@ -5,9 +5,8 @@ use std::collections::{BTreeMap, HashMap};
 
 use aws_sdk_dynamodb::types::AttributeValue;
 
-#[allow(unused_imports)]
-use super::*;
 use crate::control::table::{DestStatus, Mirror, Row, ScannedRow, State};
+use crate::store::dynamo::s;
 
 /// Read an item as typed by hand in the console: destinations as a list, a
 /// string set or one comma-separated string; wrong types are a row error.

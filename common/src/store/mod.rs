@@ -13,19 +13,15 @@ mod item;
 mod tests;
 
 pub use dynamo::DynamoStore;
-#[allow(unused_imports)]
-use dynamo::*;
 pub use file::FileStore;
-#[allow(unused_imports)]
-use file::*;
 pub use item::row_from_item;
-#[allow(unused_imports)]
-use item::*;
 
 pub mod queue;
 
 use crate::control::table::{DestStatus, ScannedRow};
 use crate::error::Cause;
+
+use crate::control::table::status::Guard;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -110,5 +106,3 @@ impl Store {
         }
     }
 }
-
-use crate::control::table::status::Guard;

@@ -1,9 +1,6 @@
 //! Globs on tags and repository names: `*` within a path segment, `**`
 //! across segments, `?` for one character.
 
-#[allow(unused_imports)]
-use super::*;
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Glob {
     Char(char),

@@ -53,17 +53,9 @@ mod tags;
 mod tests;
 mod versions;
 
-#[allow(unused_imports)]
-use glob::*;
 pub use repos::RepoRules;
-#[allow(unused_imports)]
-use repos::*;
-#[allow(unused_imports)]
-use tags::*;
 pub use tags::{CompiledTagRules, TagRules, tag_version};
 pub use versions::VersionRange;
-#[allow(unused_imports)]
-use versions::*;
 
 use std::fmt;
 

@@ -2,8 +2,10 @@
 
 use std::collections::HashSet;
 
-#[allow(unused_imports)]
-use super::*;
+use crate::control::select::SelectError;
+use crate::control::select::glob::glob_matches;
+use crate::control::select::glob::glob_tokens;
+use crate::control::select::one_or_many;
 use serde::{Deserialize, Serialize};
 
 /// Which repositories of a registry or namespace to mirror, as the user

@@ -4,8 +4,9 @@
 use std::cmp::Ordering;
 use std::collections::HashSet;
 
-#[allow(unused_imports)]
-use super::*;
+use crate::control::select::SelectError;
+use crate::control::select::VersionRange;
+use crate::control::select::one_or_many;
 use regex::Regex;
 use semver::Version;
 use serde::{Deserialize, Serialize};

@@ -1,8 +1,7 @@
 //! Version ranges (`>=1.2 <2`, `~1.4`, `^2`, alternatives with `||`),
 //! matched against tags that read as versions.
 
-#[allow(unused_imports)]
-use super::*;
+use crate::control::select::SelectError;
 use semver::{Comparator, Version, VersionReq};
 
 /// An npm-style version range: alternatives separated by `||`, each a list

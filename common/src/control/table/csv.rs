@@ -1,8 +1,8 @@
 //! `table import` and `table export` in CSV: one row per line, destinations
 //! separated by spaces.
 
-#[allow(unused_imports)]
-use super::*;
+use crate::control::table::Mirror;
+use crate::control::table::TableError;
 
 /// CSV form for import/export: `source,destination[,destination...]` per line,
 /// `#` comments allowed.

@@ -5,9 +5,10 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-#[allow(unused_imports)]
-use super::*;
 use crate::control::select::{RepoRules, TagRules};
+use crate::control::table::Mirror;
+use crate::control::table::Platforms;
+use crate::control::table::TableError;
 
 /// The YAML file form.
 #[derive(Debug, Default, Serialize, Deserialize)]

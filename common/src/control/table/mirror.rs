@@ -1,9 +1,11 @@
 //! Building and checking a row's mirror: its source, its destinations
 //! (images, or repository and registry targets), and its rules.
 
-#[allow(unused_imports)]
-use super::*;
 use crate::control::select::{RepoRules, TagRules};
+use crate::control::table::Mirror;
+use crate::control::table::Select;
+use crate::control::table::Target;
+use crate::control::table::leads_namespace;
 use crate::oci::manifest::PlatformSpec;
 use crate::oci::reference::Reference;
 

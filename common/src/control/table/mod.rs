@@ -29,14 +29,8 @@ pub mod status;
 #[cfg(test)]
 mod tests;
 
-#[allow(unused_imports)]
-use csv::*;
 pub use csv::{parse_csv, render_csv};
-#[allow(unused_imports)]
-use file::*;
 pub use file::{Destinations, FileRow, MirrorFile};
-#[allow(unused_imports)]
-use mirror::*;
 
 use std::collections::BTreeMap;
 

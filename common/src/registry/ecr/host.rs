@@ -1,9 +1,6 @@
 //! ECR registry hosts in every endpoint form (commercial, China, GovCloud,
 //! FIPS, dual-stack) and repository names as ECR accepts them.
 
-#[allow(unused_imports)]
-use super::*;
-
 /// An ECR registry host, parsed. The forms AWS documents:
 /// `<account>.dkr.ecr[-fips].<region>.amazonaws.com[.cn]` and the dual-stack
 /// `<account>.dkr-ecr[-fips].<region>.on.aws`.

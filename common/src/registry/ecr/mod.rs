@@ -13,11 +13,7 @@ mod mutability;
 #[cfg(test)]
 mod tests;
 
-#[allow(unused_imports)]
-use host::*;
 pub use host::{EcrHost, endpoint_flags, same_registry, valid_repository_name};
-#[allow(unused_imports)]
-use mutability::*;
 pub use mutability::{TagMutability, wildcard_matches};
 
 use std::collections::HashMap;

@@ -1,8 +1,5 @@
 //! Tag mutability as ECR reports it, exclusion filters included.
 
-#[allow(unused_imports)]
-use super::*;
-
 /// A repository's tag mutability, with ECR's exclusion filters (July 2025):
 /// `IMMUTABLE_WITH_EXCLUSION` keeps tags matching a filter mutable,
 /// `MUTABLE_WITH_EXCLUSION` makes them immutable.
