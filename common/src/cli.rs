@@ -353,6 +353,19 @@ where
     std::process::ExitCode::from(exit.code())
 }
 
+/// A binary's whole life after its flags are parsed: logging set up, the
+/// one shutdown signal installed, the subcommand run, and its end reported
+/// through [`finish`].
+pub fn main<F, Fut, E>(log: &LogArgs, run: F) -> std::process::ExitCode
+where
+    F: FnOnce(tokio_util::sync::CancellationToken) -> Fut,
+    Fut: std::future::Future<Output = Result<Exit, E>>,
+    E: AsRef<dyn std::error::Error + Send + Sync + 'static>,
+{
+    log.init();
+    run_async(async move { finish(run(crate::shutdown::install()).await) })
+}
+
 /// Run a binary's async entry point on a multi-threaded runtime.
 pub fn run_async<F>(main: F) -> std::process::ExitCode
 where

@@ -14,8 +14,7 @@ mod table_cmd;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use mirrorfleet_common::cli::{LogArgs, finish};
-use mirrorfleet_common::shutdown;
+use mirrorfleet_common::cli::{self, LogArgs};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -41,15 +40,13 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    cli.log.init();
-    mirrorfleet_common::cli::run_async(async move {
-        let shutdown = shutdown::install();
-        finish(match cli.command {
+    let Cli { log, command } = Cli::parse();
+    cli::main(&log, |shutdown| async move {
+        match command {
             Command::Check(args) => check::main(args).await,
             Command::Run(args) => run::main(args).await,
             Command::Table(args) => table_cmd::main(args).await,
             Command::Sync(args) => sync::main(args, shutdown).await,
-        })
+        }
     })
 }

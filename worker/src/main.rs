@@ -9,8 +9,7 @@ mod copy;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use mirrorfleet_common::cli::{LogArgs, finish};
-use mirrorfleet_common::shutdown;
+use mirrorfleet_common::cli::{self, LogArgs};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -35,13 +34,11 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    cli.log.init();
-    mirrorfleet_common::cli::run_async(async move {
-        let shutdown = shutdown::install();
-        finish(match cli.command {
+    let Cli { log, command } = Cli::parse();
+    cli::main(&log, |shutdown| async move {
+        match command {
             Command::Copy(args) => copy::main(args, shutdown).await,
             Command::Consume(args) => consume::main(args, shutdown).await,
-        })
+        }
     })
 }
