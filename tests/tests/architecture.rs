@@ -100,8 +100,8 @@ fn every_subcommand_ends_through_cli_finish() {
     for bin in ["controller/src/main.rs", "worker/src/main.rs"] {
         let text = std::fs::read_to_string(root().join(bin)).unwrap();
         assert!(
-            text.contains("finish(match cli.command"),
-            "{bin} does not end through cli::finish"
+            text.contains("cli::main(&log, |shutdown|"),
+            "{bin} does not end through cli::main (which ends in cli::finish)"
         );
     }
     let own = lines_with("ExitCode::from(", |p| p != "common/src/cli.rs");
