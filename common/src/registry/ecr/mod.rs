@@ -28,6 +28,7 @@ use aws_sdk_ecr::types::{
 use base64::Engine as _;
 use tokio::sync::{Mutex, OnceCell};
 
+use crate::error::Cause;
 use crate::registry::auth::{Credentials, Secret};
 use crate::registry::settings::EcrRepositorySettings;
 
@@ -43,18 +44,24 @@ pub enum EcrError {
         message: String,
         /// Throttled or unreachable: trying later may succeed.
         transient: bool,
+        #[source]
+        cause: Option<Cause>,
     },
     #[error("ECR could not create repository {repository} in {region}: {message}")]
     Create {
         repository: String,
         region: String,
         message: String,
+        #[source]
+        cause: Option<Cause>,
     },
     #[error("ECR DescribeRepositories for {repository} in {region} failed: {message}")]
     Describe {
         repository: String,
         region: String,
         message: String,
+        #[source]
+        cause: Option<Cause>,
     },
     #[error(
         "{repository:?} is not a valid ECR repository name: ECR takes 2 to 256 characters, \
@@ -68,6 +75,8 @@ pub enum EcrError {
         account: String,
         region: String,
         message: String,
+        #[source]
+        cause: Option<Cause>,
     },
 }
 
@@ -196,11 +205,12 @@ impl Ecr {
         host: &EcrHost,
         role_arn: Option<&str>,
     ) -> Result<(Credentials, SystemTime), EcrError> {
-        let err = |message: String, transient: bool| EcrError::Token {
+        let err = |message: String, transient: bool, cause: Option<Cause>| EcrError::Token {
             account: host.account.clone(),
             region: host.region.clone(),
             message,
             transient,
+            cause,
         };
         let client = self.client(host, role_arn).await;
         #[allow(deprecated)] // registryIds still selects the account for cross-account pulls
@@ -209,22 +219,28 @@ impl Ecr {
             .registry_ids(&host.account)
             .send()
             .await
-            .map_err(|e| err(crate::aws::describe(&e), crate::aws::is_transient(&e)))?;
+            .map_err(|e| {
+                err(
+                    crate::aws::describe(&e),
+                    crate::aws::is_transient(&e),
+                    Some(Box::new(e)),
+                )
+            })?;
         let data = out
             .authorization_data()
             .first()
-            .ok_or_else(|| err("the response had no authorization data".into(), false))?;
+            .ok_or_else(|| err("the response had no authorization data".into(), false, None))?;
         let token = data
             .authorization_token()
-            .ok_or_else(|| err("the response had no token".into(), false))?;
+            .ok_or_else(|| err("the response had no token".into(), false, None))?;
         let decoded = base64::engine::general_purpose::STANDARD
             .decode(token)
             .ok()
             .and_then(|b| String::from_utf8(b).ok())
-            .ok_or_else(|| err("the token is not base64 USER:PASSWORD".into(), false))?;
+            .ok_or_else(|| err("the token is not base64 USER:PASSWORD".into(), false, None))?;
         let (user, pass) = decoded
             .split_once(':')
-            .ok_or_else(|| err("the token is not USER:PASSWORD".into(), false))?;
+            .ok_or_else(|| err("the token is not USER:PASSWORD".into(), false, None))?;
         let creds = Credentials::Basic {
             username: user.to_string(),
             password: Secret::new(pass),
@@ -285,6 +301,7 @@ impl Ecr {
                     repository: repository.to_string(),
                     region: host.region.clone(),
                     message: "the repository does not exist and create_repositories is off".into(),
+                    cause: None,
                 });
             }
         };
@@ -321,7 +338,7 @@ impl Ecr {
                 .set_layer_digests(Some(chunk.iter().map(ToString::to_string).collect()))
                 .send()
                 .await
-                .map_err(|e| self.list_error("BatchCheckLayerAvailability", host, &e))?;
+                .map_err(|e| self.list_error("BatchCheckLayerAvailability", host, e))?;
             out.extend(
                 answer
                     .layers()
@@ -351,7 +368,7 @@ impl Ecr {
             .send();
         let mut out = Vec::new();
         while let Some(page) = pages.next().await {
-            let page = page.map_err(|e| self.list_error("DescribeRepositories", host, &e))?;
+            let page = page.map_err(|e| self.list_error("DescribeRepositories", host, e))?;
             out.extend(
                 page.repositories()
                     .iter()
@@ -385,7 +402,7 @@ impl Ecr {
             .send();
         let mut images: Vec<(i64, Vec<String>)> = Vec::new();
         while let Some(page) = pages.next().await {
-            let page = page.map_err(|e| self.list_error("DescribeImages", host, &e))?;
+            let page = page.map_err(|e| self.list_error("DescribeImages", host, e))?;
             for d in page.image_details() {
                 let pushed = d.image_pushed_at().map(|t| t.secs()).unwrap_or_default();
                 images.push((pushed, d.image_tags().to_vec()));
@@ -399,16 +416,17 @@ impl Ecr {
         &self,
         operation: &'static str,
         host: &EcrHost,
-        e: &aws_sdk_ecr::error::SdkError<E, aws_sdk_ecr::config::http::HttpResponse>,
+        e: aws_sdk_ecr::error::SdkError<E, aws_sdk_ecr::config::http::HttpResponse>,
     ) -> EcrError
     where
-        E: aws_sdk_ecr::error::ProvideErrorMetadata + std::error::Error + 'static,
+        E: aws_sdk_ecr::error::ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     {
         EcrError::List {
             operation,
             account: host.account.clone(),
             region: host.region.clone(),
-            message: crate::aws::describe(e),
+            message: crate::aws::describe(&e),
+            cause: Some(Box::new(e)),
         }
     }
 
@@ -441,6 +459,7 @@ impl Ecr {
                     repository: repository.to_string(),
                     region: host.region.clone(),
                     message: crate::aws::describe(&e),
+                    cause: Some(Box::new(e)),
                 }),
             },
         }
@@ -454,10 +473,11 @@ impl Ecr {
         settings: &EcrRepositorySettings,
     ) -> Result<RepositoryInfo, EcrError> {
         use aws_sdk_ecr::operation::create_repository::CreateRepositoryError;
-        let err = |message: String| EcrError::Create {
+        let err = |message: String, cause: Option<Cause>| EcrError::Create {
             repository: repository.to_string(),
             region: host.region.clone(),
             message,
+            cause,
         };
         let mut req = client
             .create_repository()
@@ -474,7 +494,7 @@ impl Ecr {
                 .filter_type(ImageTagMutabilityExclusionFilterType::Wildcard)
                 .filter(f)
                 .build()
-                .map_err(|e| err(e.to_string()))?;
+                .map_err(|e| err(e.to_string(), Some(Box::new(e))))?;
             req = req.image_tag_mutability_exclusion_filters(filter);
         }
         if let Some(enc) = &settings.encryption {
@@ -482,7 +502,7 @@ impl Ecr {
                 .encryption_type(EncryptionType::from(enc.as_str()))
                 .set_kms_key(settings.kms_key.clone())
                 .build()
-                .map_err(|e| err(e.to_string()))?;
+                .map_err(|e| err(e.to_string(), Some(Box::new(e))))?;
             req = req.encryption_configuration(cfg);
         }
         match req.send().await {
@@ -508,7 +528,7 @@ impl Ecr {
                         created: false,
                     })
                 }
-                _ => Err(err(crate::aws::describe(&e))),
+                _ => Err(err(crate::aws::describe(&e), Some(Box::new(e)))),
             },
         }
     }
