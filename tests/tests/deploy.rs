@@ -195,3 +195,112 @@ async fn the_stack_creates_what_the_fleet_uses_and_the_fleet_runs_on_it() {
     let rows: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(rows[0]["state"], "synced", "{rows:#}");
 }
+
+/// The template's operations, read from it: alarms reach the topic (a key
+/// CloudWatch and EventBridge may use, a topic policy for EventBridge, an
+/// alarm on row errors, a rule on failed Batch jobs), failed copies count
+/// once each, and the ad-hoc copy job retries exit code 3 only.
+#[test]
+fn alarms_can_arrive_and_the_copy_job_retries_transient_failures() {
+    use serde_norway::Value as Yaml;
+    let text = std::fs::read_to_string(mirrorfleet_tests::iam::template_path()).unwrap();
+    let doc: Yaml = serde_norway::from_str(&text).unwrap();
+    let res = &doc["Resources"];
+    let flat = |v: &Yaml| serde_norway::to_string(v).unwrap();
+
+    // The topic is under the stack's key (or the user's), never alias/aws/sns.
+    let topic_key = flat(&res["AlarmTopic"]["Properties"]["KmsMasterKeyId"]);
+    assert!(!topic_key.contains("alias/aws/sns"), "{topic_key}");
+    assert!(
+        topic_key.contains("AlarmKey") && topic_key.contains("AlarmKmsKeyArn"),
+        "{topic_key}"
+    );
+    let statements = res["AlarmKey"]["Properties"]["KeyPolicy"]["Statement"]
+        .as_sequence()
+        .unwrap();
+    let grant = statements
+        .iter()
+        .find(|s| flat(&s["Principal"]).contains("cloudwatch.amazonaws.com"))
+        .expect("the key policy grants CloudWatch");
+    let services = flat(&grant["Principal"]["Service"]);
+    assert!(services.contains("events.amazonaws.com"), "{services}");
+    let actions = flat(&grant["Action"]);
+    for a in ["kms:GenerateDataKey*", "kms:Decrypt"] {
+        assert!(actions.contains(a), "{a} missing: {actions}");
+    }
+    assert_eq!(
+        res["AlarmKey"]["Properties"]["EnableKeyRotation"],
+        Yaml::Bool(true)
+    );
+
+    // EventBridge may publish failed Batch jobs to the topic.
+    let rule = &res["BatchJobFailedRule"]["Properties"];
+    assert_eq!(
+        flat(&rule["EventPattern"]["detail"]["status"]).trim(),
+        "- FAILED"
+    );
+    assert!(flat(&rule["Targets"]).contains("AlarmTopic"));
+    let policy = flat(&res["AlarmTopicPolicy"]["Properties"]["PolicyDocument"]);
+    assert!(
+        policy.contains("events.amazonaws.com") && policy.contains("sns:Publish"),
+        "{policy}"
+    );
+    assert!(flat(&res["RowsFailedAlarm"]["Properties"]["AlarmActions"]).contains("AlarmTopic"));
+    assert_eq!(
+        res["RowsFailedAlarm"]["Properties"]["MetricName"].as_str(),
+        Some("RowsFailed")
+    );
+
+    // Each failed destination is one log line the metric filter counts: the
+    // worker's "destination failed", the ad-hoc copy's "copy failed", each
+    // logged in one place only (the engine says something else).
+    let pattern = res["FailedCopyMetric"]["Properties"]["FilterPattern"]
+        .as_str()
+        .unwrap();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    for (message, file) in [
+        ("destination failed", "common/src/control/consume.rs"),
+        ("copy failed", "worker/src/copy.rs"),
+    ] {
+        assert!(
+            pattern.contains(&format!("$.message = \"{message}\"")),
+            "{pattern}"
+        );
+        let mut places = Vec::new();
+        for dir in ["common/src", "worker/src", "controller/src"] {
+            let out = Command::new("grep")
+                .args(["-rln", &format!("\"{message}\""), dir])
+                .current_dir(&root)
+                .output()
+                .unwrap();
+            places.extend(
+                String::from_utf8_lossy(&out.stdout)
+                    .lines()
+                    .map(str::to_string),
+            );
+        }
+        assert_eq!(places, [file], "{message:?} is logged in {places:?}");
+    }
+
+    // The copy job retries exit code 3 (transient) and nothing else.
+    let retry = &res["CopyJobDefinition"]["Properties"]["RetryStrategy"];
+    assert!(retry["Attempts"].as_u64().unwrap() > 1);
+    let on_exit: Vec<(String, String)> = retry["EvaluateOnExit"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["OnExitCode"].as_str().unwrap().to_string(),
+                e["Action"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        on_exit,
+        [
+            ("3".to_string(), "RETRY".to_string()),
+            ("*".to_string(), "EXIT".to_string())
+        ]
+    );
+}

@@ -112,7 +112,7 @@ impl Dest {
     pub(super) fn fail(&self, e: &Error) {
         let mut f = self.failure.lock().unwrap_or_else(|p| p.into_inner());
         if f.is_none() {
-            tracing::warn!(destination = %self.reference, error = %e, "destination failed");
+            tracing::warn!(destination = %self.reference, error = %e, "destination gets no more work in this copy");
             *f = Some(Failure {
                 message: e.to_string(),
                 transient: e.is_transient(),
