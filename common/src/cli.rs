@@ -10,14 +10,21 @@ use crate::copy::{CopyOptions, Engine};
 use crate::oci::reference::Reference;
 use crate::registry::Registries;
 use crate::registry::auth::{Credentials, DockerConfig};
+use crate::registry::secrets::SettingsSource;
 use crate::registry::settings::Settings;
 
 /// How registries are reached and authenticated.
 #[derive(Debug, Clone, Args)]
 pub struct RegistryArgs {
-    /// Registry settings file (YAML): endpoints, TLS, credentials, limits per registry.
-    #[arg(long, env = "MIRRORFLEET_REGISTRIES", value_name = "FILE")]
-    pub registries: Option<PathBuf>,
+    /// Registry settings (YAML): endpoints, TLS, credentials, limits per
+    /// registry. A file, `ssm:/NAME` (an SSM parameter, SecureString
+    /// included) or `secretsmanager:ARN`.
+    #[arg(
+        long,
+        env = "MIRRORFLEET_REGISTRIES",
+        value_name = "FILE|ssm:/NAME|secretsmanager:ARN"
+    )]
+    pub registries: Option<String>,
 
     /// Use plain HTTP for this registry (`HOST[:PORT]`); repeat or comma-separate.
     /// Nothing is plain HTTP unless named, not even localhost.
@@ -108,9 +115,9 @@ pub enum ConfigError {
 
 impl RegistryArgs {
     /// Validate the flags and build the copy engine they describe.
-    pub fn engine(&self) -> Result<Engine, ConfigError> {
+    pub async fn engine(&self) -> Result<Engine, ConfigError> {
         let mut settings = match &self.registries {
-            Some(p) => Settings::load(p)?,
+            Some(src) => crate::registry::load_settings(&SettingsSource::parse(src)).await?,
             None => Settings::default(),
         };
         for host in &self.plain_http {

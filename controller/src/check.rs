@@ -42,6 +42,7 @@ pub async fn main(args: CheckArgs) -> anyhow::Result<Exit> {
     let engine = args
         .registry
         .engine()
+        .await
         .map_err(usage)
         .context("registry configuration")?;
 

@@ -111,6 +111,7 @@ async fn run(args: RunArgs) -> anyhow::Result<Exit> {
     let engine = Arc::new(
         args.registry
             .engine()
+            .await
             .map_err(usage)
             .context("registry configuration")?,
     );

@@ -60,6 +60,7 @@ pub async fn main(args: SyncArgs, shutdown: CancellationToken) -> anyhow::Result
     let engine = Arc::new(
         args.registry
             .engine()
+            .await
             .map_err(usage)
             .context("registry configuration")?,
     );

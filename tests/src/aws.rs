@@ -37,6 +37,8 @@ moto_client!(moto_sqs, aws_sdk_sqs);
 moto_client!(moto_dynamodb, aws_sdk_dynamodb);
 
 moto_client!(moto_batch, aws_sdk_batch);
+moto_client!(moto_ssm, aws_sdk_ssm);
+moto_client!(moto_secrets, aws_sdk_secretsmanager);
 
 /// A fresh SQS queue with a dead-letter queue after `max_receives`; returns
 /// (queue URL, DLQ URL).

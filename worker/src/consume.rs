@@ -55,6 +55,7 @@ pub async fn main(args: ConsumeArgs, shutdown: CancellationToken) -> anyhow::Res
     let engine = Arc::new(
         args.registry
             .engine()
+            .await
             .map_err(usage)
             .context("registry configuration")?,
     );

@@ -76,7 +76,7 @@ pub struct Config {
 }
 
 impl CopyArgs {
-    fn config(self) -> anyhow::Result<Config> {
+    async fn config(self) -> anyhow::Result<Config> {
         let (source, destinations) = self.images.references()?;
         anyhow::ensure!(!destinations.is_empty(), "no destination given");
         let platforms = self
@@ -89,7 +89,11 @@ impl CopyArgs {
             overwrite: None,
             platforms,
         };
-        let engine = self.registry.engine().context("registry configuration")?;
+        let engine = self
+            .registry
+            .engine()
+            .await
+            .context("registry configuration")?;
         let progress = match self.progress {
             ProgressMode::Always => true,
             ProgressMode::Never => false,
@@ -107,7 +111,7 @@ impl CopyArgs {
 }
 
 pub async fn main(args: CopyArgs, shutdown: CancellationToken) -> anyhow::Result<Exit> {
-    let config = args.config().map_err(usage)?;
+    let config = args.config().await.map_err(usage)?;
     let report = run(&config, shutdown.clone()).await;
     match print(&report, config.output) {
         Ok(()) => {}

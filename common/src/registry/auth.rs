@@ -273,8 +273,14 @@ impl DockerConfig {
                 });
             }
         };
+        DockerConfig::parse(&text, path)
+    }
+
+    /// A Docker config's JSON; `origin` names it in errors.
+    pub fn parse(text: &[u8], origin: &Path) -> Result<DockerConfig, AuthError> {
+        let path = origin;
         let raw: RawDockerConfig =
-            serde_json::from_slice(&text).map_err(|source| AuthError::ConfigParse {
+            serde_json::from_slice(text).map_err(|source| AuthError::ConfigParse {
                 path: path.to_path_buf(),
                 source,
             })?;
@@ -311,6 +317,11 @@ impl DockerConfig {
             cred_helpers,
             creds_store: raw.creds_store.filter(|s| !s.is_empty()),
         })
+    }
+
+    /// The credentials stored for `host` in `auths` (no helper is run).
+    pub fn stored(&self, host: &str) -> Option<Credentials> {
+        self.auths.get(host).cloned()
     }
 
     /// Credentials for `host` (as in a [`crate::oci::reference::Reference`]), running a

@@ -6,6 +6,7 @@ pub mod client;
 pub mod ecr;
 pub(crate) mod limit;
 pub(crate) mod pace;
+pub mod secrets;
 pub mod settings;
 
 use std::collections::{BTreeMap, HashMap};
@@ -19,8 +20,9 @@ use crate::oci::reference::Reference;
 use crate::registry::auth::{Credentials, DockerConfig};
 use crate::registry::client::{CredentialSource, Registry, RequestCounts};
 use crate::registry::ecr::{Ecr, EcrHost, RepositoryInfo};
-use crate::registry::settings::RegistrySettings;
+use crate::registry::secrets::{Secrets, SettingsSource};
 use crate::registry::settings::Settings;
+use crate::registry::settings::{RegistrySettings, SettingsError};
 
 /// Which side of a copy a registry is used for; explicit `--src-creds` and
 /// `--dest-creds` apply to one side only.
@@ -40,6 +42,7 @@ pub struct Registries {
     source_creds: Option<Credentials>,
     dest_creds: Option<Credentials>,
     ecr: Arc<Ecr>,
+    secrets: Arc<Secrets>,
     clients: Mutex<HashMap<ClientKey, Arc<Registry>>>,
 }
 
@@ -56,6 +59,7 @@ impl Registries {
             source_creds,
             dest_creds,
             ecr: Arc::new(Ecr::new()),
+            secrets: Arc::new(Secrets::default()),
             clients: Mutex::new(HashMap::new()),
         }
     }
@@ -89,6 +93,10 @@ impl Registries {
             Some(c) => CredentialSource::Static(c),
             None => match rs.credentials(host)? {
                 Some(c) => CredentialSource::Static(c),
+                None if rs.credentials_secret.is_some() => CredentialSource::Secret {
+                    id: rs.credentials_secret.clone().unwrap_or_default(),
+                    secrets: self.secrets.clone(),
+                },
                 None => match EcrHost::parse(host) {
                     Some(ecr_host) => CredentialSource::Ecr {
                         host: ecr_host,
@@ -192,6 +200,23 @@ impl Registries {
             .await?
             .list_tags(source.repository(), page)
             .await
+    }
+}
+
+/// The registry settings from `source`: a file, an SSM parameter or a
+/// Secrets Manager secret.
+pub async fn load_settings(
+    source: &SettingsSource,
+) -> std::result::Result<Settings, SettingsError> {
+    let origin = std::path::PathBuf::from(source.to_string());
+    match source {
+        SettingsSource::File(p) => Settings::load(p),
+        SettingsSource::Ssm(name) => {
+            Settings::parse(&Secrets::default().parameter(name).await?, &origin)
+        }
+        SettingsSource::Secret(id) => {
+            Settings::parse(Secrets::default().string(id).await?.expose(), &origin)
+        }
     }
 }
 

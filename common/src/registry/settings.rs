@@ -62,6 +62,12 @@ pub struct RegistrySettings {
     /// A file holding the password (a mounted secret).
     #[serde(default)]
     pub password_file: Option<PathBuf>,
+    /// A Secrets Manager secret (ARN or name) holding this registry's
+    /// credentials: `{"username": ..., "password": ...}`, or a Docker config
+    /// with an `auths` entry for the registry. Read when first needed, kept
+    /// in memory only, read again after the registry refuses it (rotation).
+    #[serde(default)]
+    pub credentials_secret: Option<String>,
     /// Concurrent requests to this registry (default 16).
     #[serde(default)]
     pub max_concurrency: Option<usize>,
@@ -138,6 +144,8 @@ pub enum SettingsError {
     },
     #[error("registry settings for {host}: {message}")]
     Invalid { host: String, message: String },
+    #[error("registry settings: {0}")]
+    Aws(#[from] crate::registry::secrets::SecretError),
 }
 
 impl Settings {
@@ -146,9 +154,14 @@ impl Settings {
             path: path.to_path_buf(),
             source,
         })?;
+        Settings::parse(&text, path)
+    }
+
+    /// Settings from their YAML text; `origin` names where it came from.
+    pub fn parse(text: &str, origin: &Path) -> Result<Settings, SettingsError> {
         let mut s: Settings =
-            serde_norway::from_str(&text).map_err(|source| SettingsError::Parse {
-                path: path.to_path_buf(),
+            serde_norway::from_str(text).map_err(|source| SettingsError::Parse {
+                path: origin.to_path_buf(),
                 source,
             })?;
         s.registries = s
@@ -168,6 +181,9 @@ impl Settings {
             };
             if r.password_env.is_some() && r.password_file.is_some() {
                 return Err(bad("give password_env or password_file, not both"));
+            }
+            if r.credentials_secret.is_some() && r.username.is_some() {
+                return Err(bad("give username or credentials_secret, not both"));
             }
             if (r.password_env.is_some() || r.password_file.is_some()) && r.username.is_none() {
                 return Err(bad("a password needs a username"));

@@ -398,7 +398,7 @@ impl Registry {
             Class::Reauth => {
                 self.learn_challenge(resp.headers());
                 self.tokens.lock().await.remove(&Scope::push(repo).key());
-                self.invalidate_ecr(&auth).await;
+                self.invalidate_credentials(&auth).await;
             }
             Class::Retry if status == StatusCode::TOO_MANY_REQUESTS => {
                 self.stats.throttled.fetch_add(1, Ordering::Relaxed);

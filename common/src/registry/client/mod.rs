@@ -36,6 +36,11 @@ use quota::PullPace;
 #[derive(Debug, Clone)]
 pub enum CredentialSource {
     Static(Credentials),
+    /// A Secrets Manager secret, read when needed and again after a 401.
+    Secret {
+        id: String,
+        secrets: Arc<crate::registry::secrets::Secrets>,
+    },
     Ecr {
         host: EcrHost,
         role_arn: Option<String>,

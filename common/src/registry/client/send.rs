@@ -85,7 +85,7 @@ impl Registry {
                     force_token = true;
                     self.stats.reauths.fetch_add(1, Ordering::Relaxed);
                     self.learn_challenge(resp.headers());
-                    self.invalidate_ecr(&auth).await;
+                    self.invalidate_credentials(&auth).await;
                     continue;
                 }
                 Class::Reauth if auth.bearer && insufficient_scope(resp.headers()) => {
@@ -109,7 +109,7 @@ impl Registry {
                         reauthed = true;
                         force_token = true;
                         self.stats.reauths.fetch_add(1, Ordering::Relaxed);
-                        self.invalidate_ecr(&auth).await;
+                        self.invalidate_credentials(&auth).await;
                         continue;
                     }
                     return Err(Error::Denied {

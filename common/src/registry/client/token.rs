@@ -21,6 +21,10 @@ impl Registry {
             CredentialSource::Ecr { host, role_arn } => {
                 Ok(self.ecr.credentials(host, role_arn.as_deref()).await?)
             }
+            CredentialSource::Secret { id, secrets } => Ok(secrets
+                .credentials(id, &self.host)
+                .await
+                .map_err(crate::registry::settings::SettingsError::from)?),
         }
     }
 
@@ -164,9 +168,15 @@ impl Registry {
     /// Drop the ECR token a refused request carried. A request sent before
     /// the registry's challenge was known carried none, and must not throw
     /// away the token the other requests share.
-    pub(super) async fn invalidate_ecr(&self, auth: &Auth) {
-        if let (CredentialSource::Ecr { host, role_arn }, Some(used)) = (&self.creds, &auth.ecr) {
-            self.ecr.invalidate(host, role_arn.as_deref(), used).await;
+    /// A secret's credentials were refused: read the secret again next time
+    /// (it may have been rotated).
+    pub(super) async fn invalidate_credentials(&self, auth: &Auth) {
+        match (&self.creds, &auth.ecr) {
+            (CredentialSource::Ecr { host, role_arn }, Some(used)) => {
+                self.ecr.invalidate(host, role_arn.as_deref(), used).await;
+            }
+            (CredentialSource::Secret { id, secrets }, _) => secrets.forget(id).await,
+            _ => {}
         }
     }
 }
