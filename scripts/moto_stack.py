@@ -5,7 +5,7 @@ waits for it, and prints a JSON object: the stack status, its outputs, and
 the physical IDs of every resource moto created (moto skips resource types it
 does not know, so the test checks the ones it relies on).
 
-usage: moto_stack.py ENDPOINT STACK_NAME TEMPLATE
+usage: moto_stack.py ENDPOINT STACK_NAME TEMPLATE [SETTINGS_PARAMETER]
 """
 
 import json
@@ -15,6 +15,7 @@ import time
 import boto3
 
 endpoint, name, template = sys.argv[1:4]
+settings_parameter = sys.argv[4] if len(sys.argv) > 4 else ""
 kw = dict(endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="testing", aws_secret_access_key="testing")
 ec2 = boto3.client("ec2", **kw)
 cfn = boto3.client("cloudformation", **kw)
@@ -30,6 +31,8 @@ params = {
     # Named so the conditional secret and cross-account policies are created too.
     "RegistrySecretArns": "arn:aws:secretsmanager:us-east-1:123456789012:secret:dockerhub-AbCdEf",
     "DestinationRoleArns": "arn:aws:iam::210987654321:role/mirror-push",
+    # The SSM parameter every job reads its registry settings from.
+    "RegistrySettingsParameter": settings_parameter,
 }
 cfn.create_stack(
     StackName=name,

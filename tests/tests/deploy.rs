@@ -22,7 +22,7 @@ fn emf_lines(stderr: &str, component: &str) -> Vec<Value> {
     docs
 }
 
-fn create_stack(stack: &Stack, name: &str) -> Value {
+fn create_stack(stack: &Stack, name: &str, settings_parameter: &str) -> Value {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let venv = std::env::var("MIRRORFLEET_VENV")
         .map(PathBuf::from)
@@ -34,6 +34,7 @@ fn create_stack(stack: &Stack, name: &str) -> Value {
         .arg(&stack.moto)
         .arg(name)
         .arg(root.join("cloudformation/mirrorfleet.yaml"))
+        .arg(settings_parameter)
         .output()
         .unwrap();
     assert!(
@@ -48,7 +49,21 @@ fn create_stack(stack: &Stack, name: &str) -> Value {
 async fn the_stack_creates_what_the_fleet_uses_and_the_fleet_runs_on_it() {
     let stack = Stack::get();
     let name = unique("mf-stack").replace('_', "-");
-    let created = create_stack(&stack, &name);
+    // The registry settings every job reads, in an SSM parameter the stack
+    // is given: here, that the stack's two plain registries speak HTTP.
+    let settings = format!("/mirrorfleet/{name}/registries");
+    moto_ssm(&stack)
+        .put_parameter()
+        .name(&settings)
+        .r#type(aws_sdk_ssm::types::ParameterType::SecureString)
+        .value(format!(
+            "registries:\n  {}:\n    plain_http: true\n  {}:\n    plain_http: true\n",
+            stack.src, stack.dst
+        ))
+        .send()
+        .await
+        .unwrap();
+    let created = create_stack(&stack, &name, &settings);
     assert_eq!(created["status"], "CREATE_COMPLETE", "{created:#}");
     // moto silently skips types it does not know: check the ones we rely on.
     for (logical, kind) in [
@@ -103,22 +118,71 @@ async fn the_stack_creates_what_the_fleet_uses_and_the_fleet_runs_on_it() {
         Some(3)
     );
 
-    // The fleet, on the stack's resources.
-    let mut env: Vec<(&str, String)> = moto_env(&stack);
-    env.push(("MIRRORFLEET_TABLE", table));
-    env.push(("MIRRORFLEET_QUEUE_URL", queue.clone()));
-    env.push((
-        "MIRRORFLEET_PLAIN_HTTP",
-        format!("{},{}", stack.src, stack.dst),
-    ));
-    // As the job definitions run them: JSON logs and EMF metrics.
-    env.push(("MIRRORFLEET_LOG_FORMAT", "json".into()));
-    env.push(("MIRRORFLEET_METRICS", "emf".into()));
-    env.push((
-        "MIRRORFLEET_METRICS_NAMESPACE",
-        format!("mirrorfleet/{name}"),
-    ));
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    // The fleet, on the stack's resources, with the environment the job
+    // definitions give it (the table, the queue, JSON logs, EMF metrics and
+    // the settings parameter): only moto's endpoint and keys are added.
+    let job_env = |def: String| {
+        let stack = stack.clone();
+        async move {
+            let defs = moto_batch(&stack)
+                .describe_job_definitions()
+                .job_definition_name(&def)
+                .send()
+                .await
+                .unwrap();
+            let d = defs
+                .job_definitions()
+                .first()
+                .unwrap_or_else(|| panic!("no job definition {def}"));
+            let mut env: Vec<(String, String)> = d
+                .container_properties()
+                .unwrap()
+                .environment()
+                .iter()
+                .map(|kv| {
+                    (
+                        kv.name().unwrap().to_string(),
+                        kv.value().unwrap().to_string(),
+                    )
+                })
+                .collect();
+            env.sort();
+            env
+        }
+    };
+    let controller_env = job_env(format!("{name}-controller")).await;
+    let worker_env = job_env(format!("{name}-worker")).await;
+    // (moto mangles the copy job's empty `Parameters`, which the SDK then
+    // cannot read back: that job definition is checked in the template test.)
+    for e in [&controller_env, &worker_env] {
+        assert!(
+            e.contains(&(
+                "MIRRORFLEET_REGISTRIES".to_string(),
+                format!("ssm:{settings}")
+            )),
+            "{e:?}"
+        );
+    }
+    assert!(controller_env.contains(&("MIRRORFLEET_TABLE".to_string(), table.clone())));
+    assert!(worker_env.contains(&("MIRRORFLEET_QUEUE_URL".to_string(), queue.clone())));
+    let with_moto = |job: &[(String, String)]| -> Vec<(String, String)> {
+        moto_env(&stack)
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .chain(job.iter().cloned())
+            .collect()
+    };
+    let controller_env = with_moto(&controller_env);
+    let worker_env = with_moto(&worker_env);
+    let controller: Vec<(&str, &str)> = controller_env
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let worker: Vec<(&str, &str)> = worker_env
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+
     let repo = unique("stack");
     let digest = push_image(&stack, &repo, "v1").await;
     let src = format!("{}/{repo}:v1", stack.src);
@@ -126,7 +190,7 @@ async fn the_stack_creates_what_the_fleet_uses_and_the_fleet_runs_on_it() {
     let (code, out, err) = run_bin(
         "mirrorfleet-controller",
         &["table", "add", &src, &dest],
-        &env,
+        &controller,
     );
     assert_eq!(code, 0, "{out}{err}");
     // The job definition names the controller job uses are the stack's.
@@ -142,7 +206,7 @@ async fn the_stack_creates_what_the_fleet_uses_and_the_fleet_runs_on_it() {
             "--batch-job-definition",
             &worker_def,
         ],
-        &env,
+        &controller,
     );
     assert_eq!(code, 0, "{out}{err}");
     let s: Value = serde_json::from_str(&out).unwrap();
@@ -165,7 +229,7 @@ async fn the_stack_creates_what_the_fleet_uses_and_the_fleet_runs_on_it() {
             "--output",
             "json",
         ],
-        &env,
+        &worker,
     );
     assert_eq!(code, 0, "{out}{err}");
     let emf = emf_lines(&err, "worker");
@@ -189,7 +253,7 @@ async fn the_stack_creates_what_the_fleet_uses_and_the_fleet_runs_on_it() {
     let (code, out, _) = run_bin(
         "mirrorfleet-controller",
         &["table", "ls", "--output", "json"],
-        &env,
+        &controller,
     );
     assert_eq!(code, 0);
     let rows: Value = serde_json::from_str(&out).unwrap();
@@ -280,6 +344,22 @@ fn alarms_can_arrive_and_the_copy_job_retries_transient_failures() {
             );
         }
         assert_eq!(places, [file], "{message:?} is logged in {places:?}");
+    }
+
+    // Every job definition reads the registry settings parameter, when given.
+    for def in [
+        "ControllerJobDefinition",
+        "ControllerEventJobDefinition",
+        "WorkerJobDefinition",
+        "CopyJobDefinition",
+    ] {
+        let env = flat(&res[def]["Properties"]["ContainerProperties"]["Environment"]);
+        assert!(
+            env.contains("HasRegistrySettings")
+                && env.contains("MIRRORFLEET_REGISTRIES")
+                && env.contains("ssm:${RegistrySettingsParameter}"),
+            "{def}: {env}"
+        );
     }
 
     // The copy job retries exit code 3 (transient) and nothing else.
