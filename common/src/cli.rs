@@ -156,6 +156,19 @@ impl RegistryArgs {
     }
 }
 
+/// A registry configuration that cannot be used, as a subcommand reports it.
+#[derive(Debug, thiserror::Error)]
+#[error("registry configuration")]
+struct RegistryConfig(#[source] ConfigError);
+
+impl RegistryArgs {
+    /// [`RegistryArgs::engine`] for a subcommand: a failure is invalid
+    /// configuration (exit 2), said as "registry configuration: ...".
+    pub async fn configured_engine(&self) -> Result<Engine, UsageError> {
+        self.engine().await.map_err(|e| usage(RegistryConfig(e)))
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     /// Human-readable lines on stderr.

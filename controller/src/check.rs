@@ -1,7 +1,6 @@
 //! `mirrorfleet-controller check SRC DEST...`: is each destination at the
 //! source's digest? HEAD requests only; nothing is written.
 
-use anyhow::Context;
 use clap::Args;
 use mirrorfleet_common::cli::{Exit, usage};
 use mirrorfleet_common::cli::{OutputFormat, RegistryArgs, SourceDestArgs, table};
@@ -39,12 +38,7 @@ struct Row {
 
 pub async fn main(args: CheckArgs) -> anyhow::Result<Exit> {
     let (source, dests) = args.images.references().map_err(usage)?;
-    let engine = args
-        .registry
-        .engine()
-        .await
-        .map_err(usage)
-        .context("registry configuration")?;
+    let engine = args.registry.configured_engine().await?;
 
     // The controller's own probe: the same HEAD, the same words.
     let src = probe(&engine, &source, Role::Source).await;

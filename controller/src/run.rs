@@ -108,13 +108,7 @@ fn event_filter(args: &RunArgs) -> anyhow::Result<Option<EventFilter>> {
 async fn run(args: RunArgs) -> anyhow::Result<Exit> {
     let started = Instant::now();
     let filter = event_filter(&args).map_err(usage)?;
-    let engine = Arc::new(
-        args.registry
-            .engine()
-            .await
-            .map_err(usage)
-            .context("registry configuration")?,
-    );
+    let engine = Arc::new(args.registry.configured_engine().await?);
     let store = Store::Dynamo(
         DynamoStore::new(&args.table)
             .await

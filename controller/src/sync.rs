@@ -7,7 +7,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use clap::Args;
 use mirrorfleet_common::cli::{Exit, usage};
 use mirrorfleet_common::cli::{OutputFormat, RegistryArgs};
@@ -57,13 +56,7 @@ pub struct SyncArgs {
 }
 
 pub async fn main(args: SyncArgs, shutdown: CancellationToken) -> anyhow::Result<Exit> {
-    let engine = Arc::new(
-        args.registry
-            .engine()
-            .await
-            .map_err(usage)
-            .context("registry configuration")?,
-    );
+    let engine = Arc::new(args.registry.configured_engine().await?);
     loop {
         let code = once(&args, &engine, &shutdown).await?;
         let Some(every) = args.watch else {

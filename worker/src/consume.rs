@@ -3,7 +3,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
 use clap::Args;
 use mirrorfleet_common::cli::{Exit, usage};
 use mirrorfleet_common::cli::{OutputFormat, RegistryArgs};
@@ -52,13 +51,7 @@ pub async fn main(args: ConsumeArgs, shutdown: CancellationToken) -> anyhow::Res
     if args.visibility < Duration::from_secs(3) {
         return Err(usage("--visibility must be at least 3s").into());
     }
-    let engine = Arc::new(
-        args.registry
-            .engine()
-            .await
-            .map_err(usage)
-            .context("registry configuration")?,
-    );
+    let engine = Arc::new(args.registry.configured_engine().await?);
     let store = Arc::new(Store::Dynamo(DynamoStore::new(&args.table).await));
     let queue = Arc::new(Queue::Sqs(SqsQueue::new(&args.queue_url).await));
     let opts = ConsumeOptions {

@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use anyhow::Context;
 use clap::{Args, ValueEnum};
 use mirrorfleet_common::cli::{Exit, usage};
 use mirrorfleet_common::cli::{OutputFormat, RegistryArgs, SourceDestArgs, human_bytes, table};
@@ -89,11 +88,7 @@ impl CopyArgs {
             overwrite: None,
             platforms,
         };
-        let engine = self
-            .registry
-            .engine()
-            .await
-            .context("registry configuration")?;
+        let engine = self.registry.configured_engine().await?;
         let progress = match self.progress {
             ProgressMode::Always => true,
             ProgressMode::Never => false,
