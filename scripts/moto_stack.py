@@ -31,6 +31,7 @@ params = {
     # Named so the conditional secret and cross-account policies are created too.
     "RegistrySecretArns": "arn:aws:secretsmanager:us-east-1:123456789012:secret:dockerhub-AbCdEf",
     "DestinationRoleArns": "arn:aws:iam::210987654321:role/mirror-push",
+    "SourceRoleArns": "arn:aws:iam::210987654322:role/mirror-pull",
     # The SSM parameter every job reads its registry settings from.
     "RegistrySettingsParameter": settings_parameter,
 }

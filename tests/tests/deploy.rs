@@ -82,6 +82,9 @@ async fn the_stack_creates_what_the_fleet_uses_and_the_fleet_runs_on_it() {
         ("RegistryAccessPolicy", "AWS::IAM::ManagedPolicy"),
         ("RegistrySecretsPolicy", "AWS::IAM::ManagedPolicy"),
         ("DestinationRolesPolicy", "AWS::IAM::ManagedPolicy"),
+        ("SourceRolesPolicy", "AWS::IAM::ManagedPolicy"),
+        ("RegistrySettingsPolicy", "AWS::IAM::ManagedPolicy"),
+        ("BatchJobFailedRule", "AWS::Events::Rule"),
         ("ScheduleRule", "AWS::Events::Rule"),
         ("EcrPushRule", "AWS::Events::Rule"),
         ("WorkerLogGroup", "AWS::Logs::LogGroup"),
@@ -383,4 +386,49 @@ fn alarms_can_arrive_and_the_copy_job_retries_transient_failures() {
             ("*".to_string(), "EXIT".to_string())
         ]
     );
+}
+
+/// Mirror roles in other accounts: the controller may assume them as well as
+/// the workers and the copy job (it HEADs sources and destinations there),
+/// and the settings parameter is the only one any role may read.
+#[test]
+fn every_role_that_reaches_other_accounts_may_assume_their_roles() {
+    use mirrorfleet_tests::iam::{Policy, template_path};
+    let push = "arn:aws:iam::210987654321:role/mirror-push";
+    let pull = "arn:aws:iam::210987654322:role/mirror-pull";
+    let params: std::collections::BTreeMap<String, String> = [
+        ("DestinationRoleArns", push),
+        ("SourceRoleArns", pull),
+        ("RegistrySettingsParameter", "/mirrorfleet/registries"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let settings = "arn:aws:ssm:us-east-1:123456789012:parameter/mirrorfleet/registries";
+    for role in ["ControllerRole", "WorkerRole", "CopyRole"] {
+        let p = Policy::for_role(&template_path(), role, &params, true).unwrap();
+        assert!(
+            p.allows("sts:AssumeRole", push),
+            "{role} cannot assume {push}"
+        );
+        assert!(
+            p.allows("sts:AssumeRole", pull),
+            "{role} cannot assume {pull}"
+        );
+        assert!(
+            p.allows("ssm:GetParameter", settings),
+            "{role} cannot read {settings}"
+        );
+        assert!(
+            !p.allows(
+                "ssm:GetParameter",
+                "arn:aws:ssm:us-east-1:123456789012:parameter/other"
+            ),
+            "{role} may read any parameter"
+        );
+        assert!(
+            !p.allows("sts:AssumeRole", "arn:aws:iam::210987654321:role/admin"),
+            "{role} may assume any role"
+        );
+    }
 }
