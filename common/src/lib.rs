@@ -37,8 +37,10 @@
 //!   streaming verifier), [`oci::manifest`] (raw bytes beside the parsed
 //!   form), [`oci::referrers`] (the referrer tag scheme, once).
 //! - [`registry`]: one client per registry ([`registry::Registries`], also
-//!   the one layer that knows about ECR), its [`registry::settings`],
-//!   [`registry::auth`] credentials, [`registry::ecr`] (tokens and
+//!   the one layer that knows about ECR), its [`registry::settings`]
+//!   (from a file, or kept in AWS: [`registry::secrets`], which also reads a
+//!   registry's credentials from Secrets Manager), [`registry::auth`]
+//!   credentials, [`registry::ecr`] (tokens and
 //!   repositories, its hosts in `host`, tag rules in `mutability`) and the HTTP API in [`registry::client`]
 //!   (the auth handshake in `token`, the one request path in `send`, Docker
 //!   Hub's pull quota in `quota`, the `endpoints`, error bodies in `errors`),
