@@ -116,8 +116,11 @@ pub enum ConfigError {
 impl RegistryArgs {
     /// Validate the flags and build the copy engine they describe.
     pub async fn engine(&self) -> Result<Engine, ConfigError> {
+        let secrets = Arc::new(crate::registry::secrets::Secrets::default());
         let mut settings = match &self.registries {
-            Some(src) => crate::registry::load_settings(&SettingsSource::parse(src)).await?,
+            Some(src) => {
+                crate::registry::load_settings(&SettingsSource::parse(src), &secrets).await?
+            }
             None => Settings::default(),
         };
         for host in &self.plain_http {
@@ -137,7 +140,9 @@ impl RegistryArgs {
             Some(p) => DockerConfig::load(&p)?,
             None => DockerConfig::default(),
         };
-        let registries = Arc::new(Registries::new(settings, docker, src, dest));
+        let registries = Arc::new(Registries::with_secrets(
+            settings, docker, src, dest, secrets,
+        ));
         Ok(Engine::new(
             registries,
             CopyOptions {

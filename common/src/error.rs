@@ -186,6 +186,7 @@ mod tests {
             region: "us-east-1".into(),
             message: "ThrottlingException: Rate exceeded".into(),
             transient: true,
+            keys_refused: false,
             cause: None,
         });
         assert!(throttled_token.is_transient());

@@ -39,9 +39,11 @@
 //! - [`registry`]: one client per registry ([`registry::Registries`], also
 //!   the one layer that knows about ECR), its [`registry::settings`]
 //!   (from a file, or kept in AWS: [`registry::secrets`], which also reads a
-//!   registry's credentials from Secrets Manager), [`registry::auth`]
-//!   credentials, [`registry::ecr`] (tokens and
-//!   repositories, its hosts in `host`, tag rules in `mutability`) and the HTTP API in [`registry::client`]
+//!   registry's credentials and another partition's AWS keys from Secrets
+//!   Manager), [`registry::auth`] credentials, [`registry::ecr`] (tokens and
+//!   repositories, its hosts in `host`, tag rules in `mutability`, and how
+//!   each registry's API is reached in `access`: keys, an assumed role, an
+//!   external id) and the HTTP API in [`registry::client`]
 //!   (the auth handshake in `token`, the one request path in `send`, Docker
 //!   Hub's pull quota in `quota`, the `endpoints`, error bodies in `errors`),
 //!   with adaptive concurrency (`limit`) and manifest-push pacing (`pace`).

@@ -37,12 +37,8 @@
 //! - **Expired tokens** on command: 403 `DENIED` "Your authorization token has
 //!   expired. Reauthenticate and try again." (aws/aws-cli#6580).
 //!
-//! The gate in front of moto checks `X-Amz-Target` ECR actions against the
-//! same role and answers `AccessDeniedException` as the AWS JSON protocol
-//! does; other services pass through. Both count every call by action.
-//! moto 5.2.5 keeps a repository's tag-mutability exclusion filters but
-//! leaves them out of `DescribeRepositories`; the gate puts back what it saw
-//! created, as ECR returns them.
+//! The gate in front of moto ([`crate::gate`]) enforces the same role on
+//! the AWS APIs.
 //!
 //! Each runs on a runtime of its own thread, so tests may block on a child
 //! process while it serves.
@@ -62,6 +58,7 @@ use mirrorfleet_common::registry::ecr::TagMutability;
 
 use crate::iam::{ACCOUNT, Policy};
 
+pub use crate::gate::{AwsGate, note_exclusions};
 use crate::serve::{Body, SyncStream, json, registry_error, relay, serve, upstream_request};
 
 /// The digest of zero bytes: a blob ECR cannot store.
@@ -85,6 +82,11 @@ pub struct EcrConfig {
     pub rates: BTreeMap<String, u32>,
     /// The next N requests of an action answered 429, whatever the rate.
     pub throttle_first: BTreeMap<String, u32>,
+    /// The region the registry is in (`us-east-1`): IAM checks ARNs there.
+    pub region: String,
+    /// The registry's account: IAM checks ARNs there, and only a token
+    /// issued for it is accepted (moto's, `AWS:<account>-auth-token`).
+    pub account: String,
 }
 
 impl EcrConfig {
@@ -98,7 +100,19 @@ impl EcrConfig {
             mount_enabled: false,
             rates: BTreeMap::new(),
             throttle_first: BTreeMap::new(),
+            region: crate::iam::REGION.to_string(),
+            account: ACCOUNT.to_string(),
         }
+    }
+
+    /// The ARN IAM checks for `repository` of this registry.
+    fn repository_arn(&self, repository: &str) -> String {
+        let place = crate::iam::Place {
+            region: self.region.clone(),
+            account: self.account.clone(),
+            ..crate::iam::Place::default()
+        };
+        Policy::repository_arn_in(&place, repository)
     }
 }
 
@@ -154,10 +168,10 @@ impl Drop for EcrDouble {
     }
 }
 
-fn moto_ecr(endpoint: &str) -> aws_sdk_ecr::Client {
+fn moto_ecr(endpoint: &str, region: &str) -> aws_sdk_ecr::Client {
     let conf = aws_sdk_ecr::config::Builder::new()
         .behavior_version(aws_sdk_ecr::config::BehaviorVersion::latest())
-        .region(aws_sdk_ecr::config::Region::new(crate::iam::REGION))
+        .region(aws_sdk_ecr::config::Region::new(region.to_string()))
         .endpoint_url(endpoint)
         .credentials_provider(aws_credential_types::Credentials::new(
             "testing", "testing", None, None, "moto",
@@ -178,7 +192,7 @@ impl EcrDouble {
                     .http1_only()
                     .build()
                     .expect("a plain reqwest client builds"),
-                ecr: moto_ecr(&config.moto),
+                ecr: moto_ecr(&config.moto, &config.region),
                 config,
                 addr: addrs[0].clone(),
                 s3_addr: addrs[1].clone(),
@@ -358,14 +372,7 @@ impl State {
     }
 
     async fn repository_mutability(&self, repo: &str) -> Option<TagMutability> {
-        let out = self
-            .ecr
-            .describe_repositories()
-            .registry_id(ACCOUNT)
-            .repository_names(repo)
-            .send()
-            .await
-            .ok()?;
+        let out = describe_as(&self.ecr, &self.config.account, repo).await?;
         let r = out.repositories().first()?;
         self.known_repos.lock().unwrap().insert(repo.to_string());
         Some(TagMutability::from_ecr(
@@ -389,6 +396,19 @@ impl State {
             Some((u, p)) => rb.basic_auth(u, Some(p)),
             None => rb,
         }
+    }
+
+    /// Whether a request's basic login is the token moto issues for this
+    /// registry's account.
+    fn token_is_ours(&self, req: &Request<Incoming>) -> bool {
+        use base64::Engine as _;
+        let want = format!("AWS:{}-auth-token", self.config.account);
+        req.headers()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Basic "))
+            .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
+            .is_some_and(|login| login == want.as_bytes())
     }
 
     async fn handle(self: Arc<Self>, req: Request<Incoming>) -> std::io::Result<Response<Body>> {
@@ -436,6 +456,17 @@ impl State {
                 "Your authorization token has expired. Reauthenticate and try again.",
             ));
         }
+        // A token is issued for one registry.
+        if !self.token_is_ours(&req) {
+            return Ok(registry_error(
+                403,
+                "DENIED",
+                &format!(
+                    "Your authorization token is not valid for registry {}",
+                    self.config.account
+                ),
+            ));
+        }
         // The token itself came from GetAuthorizationToken.
         if !policy.allows("ecr:GetAuthorizationToken", "*") {
             return Ok(registry_error(
@@ -462,7 +493,7 @@ impl State {
                 "Requested resource not found",
             ));
         };
-        let arn = Policy::repository_arn(repo);
+        let arn = self.config.repository_arn(repo);
         let mut needed = vec![(action.to_string(), arn.clone())];
         let mount_from = (method == "POST")
             .then(|| query_param(query, "from"))
@@ -470,7 +501,7 @@ impl State {
         if let (Some(from), true) = (&mount_from, self.config.mount_enabled) {
             needed.push((
                 "ecr:GetDownloadUrlForLayer".into(),
-                Policy::repository_arn(from),
+                self.config.repository_arn(from),
             ));
         }
         let has_body = req
@@ -501,7 +532,8 @@ impl State {
                 404,
                 "NAME_UNKNOWN",
                 &format!(
-                    "The repository with name '{repo}' does not exist in the registry with id '{ACCOUNT}'"
+                    "The repository with name '{repo}' does not exist in the registry with id '{}'",
+                    self.config.account
                 ),
             ));
         }
@@ -643,7 +675,13 @@ impl State {
             format!("?{query}")
         };
         let url = format!("http://{}{}{q}", self.config.upstream, parts.uri.path());
-        let out = upstream_request(&self.http, &parts, url, &[])?;
+        // The caller's token was checked here; upstream gets its own login
+        // (an unauthenticated request stays so, for the challenge).
+        let authed = parts.headers.contains_key("authorization");
+        let mut out = upstream_request(&self.http, &parts, url, &["authorization"])?;
+        if authed {
+            out = self.upstream_auth(out);
+        }
         let upstream = out.body(body).send().await.map_err(std::io::Error::other)?;
         Ok(self.relay(upstream))
     }
@@ -689,244 +727,36 @@ parameter or the Authorization header should be specified</Message><ArgumentName
     }
 }
 
+/// `DescribeRepositories` of one repository as `account` (moto's
+/// `x-moto-account-id`), `None` when it does not exist there.
+async fn describe_as(
+    ecr: &aws_sdk_ecr::Client,
+    account: &str,
+    repo: &str,
+) -> Option<aws_sdk_ecr::operation::describe_repositories::DescribeRepositoriesOutput> {
+    let account = account.to_string();
+    ecr.describe_repositories()
+        .registry_id(&account)
+        .repository_names(repo)
+        .customize()
+        .mutate_request(move |r| {
+            r.headers_mut().insert("x-moto-account-id", account.clone());
+        })
+        .send()
+        .await
+        .ok()
+}
+
+/// Whether moto holds `repo` in `account`'s registry in `region`.
+pub async fn moto_has_repository(moto: &str, region: &str, account: &str, repo: &str) -> bool {
+    describe_as(&moto_ecr(moto, region), account, repo)
+        .await
+        .is_some_and(|o| !o.repositories().is_empty())
+}
+
 fn sha2_digest(b: &[u8]) -> Vec<u8> {
     use sha2::Digest as _;
     sha2::Sha256::digest(b).to_vec()
-}
-
-// ---------------------------------------------------------------- the gate
-
-/// A front on moto that enforces the role's IAM on ECR's control plane.
-pub struct AwsGate {
-    /// `http://127.0.0.1:PORT`: the `AWS_ENDPOINT_URL` for the process.
-    pub url: String,
-    calls: Arc<Mutex<Vec<(String, bool)>>>,
-    hold: Arc<Hold>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-}
-
-impl std::fmt::Debug for AwsGate {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AwsGate").field("url", &self.url).finish()
-    }
-}
-
-impl Drop for AwsGate {
-    fn drop(&mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-    }
-}
-
-impl AwsGate {
-    pub fn start(moto: &str, policy: Policy) -> Result<AwsGate> {
-        let calls: Arc<Mutex<Vec<(String, bool)>>> = Arc::new(Mutex::new(Vec::new()));
-        let c = calls.clone();
-        let hold = Arc::new(Hold::default());
-        let held = hold.clone();
-        let moto = moto.trim_end_matches('/').to_string();
-        let (addrs, stop) = serve(1, move |_| {
-            let http = reqwest::Client::builder()
-                .http1_only()
-                .build()
-                .expect("a plain reqwest client builds");
-            let policy = Arc::new(policy);
-            move |_: usize, req: Request<Incoming>| {
-                let (http, policy, moto, calls, hold) = (
-                    http.clone(),
-                    policy.clone(),
-                    moto.clone(),
-                    c.clone(),
-                    held.clone(),
-                );
-                async move {
-                    hold.wait(&req).await;
-                    gate(req, &http, &policy, &moto, &calls).await
-                }
-            }
-        })?;
-        Ok(AwsGate {
-            url: format!("http://{}", addrs[0]),
-            calls,
-            hold,
-            stop: Some(stop),
-        })
-    }
-
-    /// ECR actions called so far (`ecr:GetAuthorizationToken`), with whether each was allowed.
-    pub fn calls(&self) -> Vec<(String, bool)> {
-        self.calls.lock().unwrap().clone()
-    }
-
-    pub fn count(&self, action: &str) -> usize {
-        self.calls().iter().filter(|(a, _)| a == action).count()
-    }
-
-    /// Hold every call whose `X-Amz-Target` ends with `target` after the
-    /// first `after` of them, never answering (a stalled SQS send).
-    pub fn hold_after(&self, target: &str, after: usize) {
-        *self.hold.rule.lock().unwrap() = Some((target.to_string(), after));
-    }
-
-    /// Calls held so far.
-    pub fn held(&self) -> usize {
-        self.hold.held.load(Ordering::Relaxed) as usize
-    }
-}
-
-/// Which calls the gate holds without answering.
-#[derive(Default)]
-struct Hold {
-    rule: Mutex<Option<(String, usize)>>,
-    seen: AtomicU64,
-    held: AtomicU64,
-}
-
-impl Hold {
-    async fn wait(&self, req: &Request<Incoming>) {
-        let Some((target, after)) = self.rule.lock().unwrap().clone() else {
-            return;
-        };
-        let matches = req
-            .headers()
-            .get("x-amz-target")
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|t| t.ends_with(&target));
-        if matches && self.seen.fetch_add(1, Ordering::Relaxed) as usize >= after {
-            self.held.fetch_add(1, Ordering::Relaxed);
-            std::future::pending::<()>().await;
-        }
-    }
-}
-
-async fn gate(
-    req: Request<Incoming>,
-    http: &reqwest::Client,
-    policy: &Policy,
-    moto: &str,
-    calls: &Mutex<Vec<(String, bool)>>,
-) -> std::io::Result<Response<Body>> {
-    let (parts, body) = req.into_parts();
-    let body = body
-        .collect()
-        .await
-        .map_err(std::io::Error::other)?
-        .to_bytes();
-    let target = parts
-        .headers
-        .get("x-amz-target")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_string();
-    let ecr_op = target
-        .strip_prefix("AmazonEC2ContainerRegistry_V20150921.")
-        .map(str::to_string);
-    if let Some(op) = &ecr_op {
-        let op = op.as_str();
-        let action = format!("ecr:{op}");
-        let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-        remember_exclusions(op, &v);
-        // Repository-level actions name their repository; the others are `*`.
-        // Listing every repository is checked against `repository/*`.
-        let resource = match v.get("repositoryName").and_then(|r| r.as_str()) {
-            Some(r) => Policy::repository_arn(r),
-            None if op == "DescribeRepositories" => {
-                Policy::repository_arn(v["repositoryNames"][0].as_str().unwrap_or("*"))
-            }
-            None => "*".to_string(),
-        };
-        let allowed = policy.allows(&action, &resource);
-        calls.lock().unwrap().push((action.clone(), allowed));
-        if !allowed {
-            return Ok(json(
-                400,
-                &[("x-amzn-errortype", "AccessDeniedException")],
-                serde_json::json!({
-                    "__type": "AccessDeniedException",
-                    "message": denied(policy, &action, &resource),
-                })
-                .to_string(),
-            ));
-        }
-    }
-    let url = format!(
-        "{moto}{}",
-        parts.uri.path_and_query().map_or("/", |p| p.as_str())
-    );
-    // The body was read whole: reqwest sets its length.
-    let out = upstream_request(http, &parts, url, &["content-length"])?;
-    let upstream = out.body(body).send().await.map_err(std::io::Error::other)?;
-    let mut builder = Response::builder().status(upstream.status().as_u16());
-    for (k, v) in upstream.headers() {
-        if matches!(
-            k.as_str(),
-            "transfer-encoding" | "connection" | "content-length"
-        ) {
-            continue;
-        }
-        builder = builder.header(k, v);
-    }
-    let mut bytes = upstream.bytes().await.map_err(std::io::Error::other)?;
-    if ecr_op.as_deref() == Some("DescribeRepositories") {
-        bytes = restore_exclusions(&bytes);
-        builder = builder.header("content-length", bytes.len());
-    }
-    Ok(builder
-        .body(
-            Full::new(bytes)
-                .map_err(|never| match never {})
-                .boxed_unsync(),
-        )
-        .expect("relayed parts are valid"))
-}
-
-/// Exclusion filters seen created, by repository, for every gate of the process.
-static EXCLUSIONS: Mutex<BTreeMap<String, serde_json::Value>> = Mutex::new(BTreeMap::new());
-
-fn remember_exclusions(op: &str, request: &serde_json::Value) {
-    if !matches!(op, "CreateRepository" | "PutImageTagMutability") {
-        return;
-    }
-    if let (Some(repo), Some(filters)) = (
-        request["repositoryName"].as_str(),
-        request.get("imageTagMutabilityExclusionFilters"),
-    ) {
-        EXCLUSIONS
-            .lock()
-            .unwrap()
-            .insert(repo.to_string(), filters.clone());
-    }
-}
-
-/// Record filters for a repository created straight in moto by a test.
-pub fn note_exclusions(repo: &str, filters: &[&str]) {
-    let list: Vec<serde_json::Value> = filters
-        .iter()
-        .map(|f| serde_json::json!({"filterType": "WILDCARD", "filter": f}))
-        .collect();
-    EXCLUSIONS
-        .lock()
-        .unwrap()
-        .insert(repo.to_string(), serde_json::Value::Array(list));
-}
-
-fn restore_exclusions(body: &Bytes) -> Bytes {
-    let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(body) else {
-        return body.clone();
-    };
-    let known = EXCLUSIONS.lock().unwrap().clone();
-    if let Some(repos) = v["repositories"].as_array_mut() {
-        for r in repos {
-            let name = r["repositoryName"].as_str().unwrap_or_default().to_string();
-            if r.get("imageTagMutabilityExclusionFilters").is_none()
-                && let Some(f) = known.get(&name)
-            {
-                r["imageTagMutabilityExclusionFilters"] = f.clone();
-            }
-        }
-    }
-    Bytes::from(serde_json::to_vec(&v).unwrap_or_default())
 }
 
 // ---------------------------------------------------------------- both
@@ -983,7 +813,7 @@ impl EcrFront {
 
     /// An ECR client as the role (through the gate): what ECR would answer.
     pub fn ecr_client(&self) -> aws_sdk_ecr::Client {
-        moto_ecr(&self.gate.url)
+        moto_ecr(&self.gate.url, &self.double.state.config.region)
     }
 
     /// The AWS environment of the process: moto, through the gate.

@@ -19,6 +19,26 @@ use serde_norway::Value;
 pub const ACCOUNT: &str = "123456789012";
 pub const REGION: &str = "us-east-1";
 
+/// Where a template is deployed: its pseudo parameters.
+#[derive(Debug, Clone)]
+pub struct Place {
+    pub partition: String,
+    pub region: String,
+    pub account: String,
+    pub url_suffix: String,
+}
+
+impl Default for Place {
+    fn default() -> Place {
+        Place {
+            partition: "aws".into(),
+            region: REGION.into(),
+            account: ACCOUNT.into(),
+            url_suffix: "amazonaws.com".into(),
+        }
+    }
+}
+
 /// The template in this repository.
 pub fn template_path() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../cloudformation/mirrorfleet.yaml")
@@ -30,6 +50,8 @@ pub struct Statement {
     pub sid: Option<String>,
     pub actions: Vec<String>,
     pub resources: Vec<String>,
+    /// `Condition: StringEquals: aws:RequestedRegion`, where given.
+    pub regions: Option<Vec<String>>,
 }
 
 /// What one role may do.
@@ -50,9 +72,20 @@ impl Policy {
         params: &BTreeMap<String, String>,
         conditional: bool,
     ) -> Result<Policy> {
+        Policy::for_role_in(path, role, params, conditional, &Place::default())
+    }
+
+    /// As [`Policy::for_role`], for a stack deployed at `place`.
+    pub fn for_role_in(
+        path: &Path,
+        role: &str,
+        params: &BTreeMap<String, String>,
+        conditional: bool,
+        place: &Place,
+    ) -> Result<Policy> {
         let text = std::fs::read_to_string(path).with_context(|| path.display().to_string())?;
         let doc: Value = serde_norway::from_str(&text)?;
-        let ctx = Ctx::new(&doc, params);
+        let ctx = Ctx::new(&doc, params, place);
         let resources = doc
             .get("Resources")
             .and_then(Value::as_mapping)
@@ -112,17 +145,31 @@ impl Policy {
                 sid: None,
                 actions: vec!["*".into()],
                 resources: vec!["*".into()],
+                regions: None,
             }],
         }
     }
 
-    /// Whether `action` (`ecr:PutImage`) on `resource` (an ARN, or `*`) is allowed.
+    /// Whether `action` (`ecr:PutImage`) on `resource` (an ARN, or `*`) is
+    /// allowed, requested in the ARN's region (else the default one).
     pub fn allows(&self, action: &str, resource: &str) -> bool {
+        let region = match resource.split(':').nth(3) {
+            Some(r) if !r.is_empty() => r,
+            _ => REGION,
+        };
+        self.allows_in(action, resource, region)
+    }
+
+    /// Whether `action` on `resource` is allowed in a request to `region`.
+    pub fn allows_in(&self, action: &str, resource: &str, region: &str) -> bool {
         self.statements.iter().any(|s| {
             s.actions
                 .iter()
                 .any(|a| wildcard(&a.to_ascii_lowercase(), &action.to_ascii_lowercase()))
                 && s.resources.iter().any(|r| wildcard(r, resource))
+                && s.regions
+                    .as_ref()
+                    .is_none_or(|rs| rs.iter().any(|r| r == region))
         })
     }
 
@@ -149,37 +196,83 @@ impl Policy {
 
     /// The ARN IAM checks for an ECR repository.
     pub fn repository_arn(repository: &str) -> String {
-        format!("arn:aws:ecr:{REGION}:{ACCOUNT}:repository/{repository}")
+        Policy::repository_arn_in(&Place::default(), repository)
+    }
+
+    /// The ARN of an ECR repository in another account, region or partition.
+    pub fn repository_arn_in(place: &Place, repository: &str) -> String {
+        format!(
+            "arn:{}:ecr:{}:{}:repository/{repository}",
+            place.partition, place.region, place.account
+        )
+    }
+}
+
+/// A resolved template value.
+#[derive(Debug, Clone)]
+enum Val {
+    Str(String),
+    List(Vec<String>),
+    Bool(bool),
+}
+
+impl Val {
+    fn text(self) -> String {
+        match self {
+            Val::Str(s) => s,
+            Val::List(l) => l.join(","),
+            Val::Bool(b) => b.to_string(),
+        }
+    }
+
+    fn list(self) -> Vec<String> {
+        match self {
+            Val::List(l) => l,
+            other => vec![other.text()],
+        }
+    }
+
+    fn truth(&self) -> bool {
+        matches!(self, Val::Bool(true))
     }
 }
 
 struct Ctx<'a> {
-    params: BTreeMap<String, String>,
+    params: BTreeMap<String, Val>,
     doc: &'a Value,
 }
 
 impl<'a> Ctx<'a> {
-    fn new(doc: &'a Value, given: &BTreeMap<String, String>) -> Ctx<'a> {
+    fn new(doc: &'a Value, given: &BTreeMap<String, String>, place: &Place) -> Ctx<'a> {
         let mut params = BTreeMap::new();
         if let Some(ps) = doc.get("Parameters").and_then(Value::as_mapping) {
             for (k, v) in ps {
-                if let (Some(k), Some(d)) = (k.as_str(), v.get("Default")) {
-                    let d = match d {
-                        Value::String(s) => s.clone(),
-                        Value::Number(n) => n.to_string(),
-                        Value::Bool(b) => b.to_string(),
-                        _ => String::new(),
-                    };
-                    params.insert(k.to_string(), d);
-                }
+                let Some(k) = k.as_str() else { continue };
+                let text = match (given.get(k), v.get("Default")) {
+                    (Some(g), _) => g.clone(),
+                    (None, Some(Value::String(s))) => s.clone(),
+                    (None, Some(Value::Number(n))) => n.to_string(),
+                    (None, Some(Value::Bool(b))) => b.to_string(),
+                    _ => continue,
+                };
+                let kind = v["Type"].as_str().unwrap_or_default();
+                let val = if kind == "CommaDelimitedList" || kind.starts_with("List<") {
+                    Val::List(text.split(',').map(|p| p.trim().to_string()).collect())
+                } else {
+                    Val::Str(text)
+                };
+                params.insert(k.to_string(), val);
             }
         }
-        params.extend(given.clone());
-        params.insert("AWS::Partition".into(), "aws".into());
-        params.insert("AWS::Region".into(), REGION.into());
-        params.insert("AWS::AccountId".into(), ACCOUNT.into());
-        params.insert("AWS::StackName".into(), "mirrorfleet".into());
-        params.insert("AWS::URLSuffix".into(), "amazonaws.com".into());
+        for (k, v) in [
+            ("AWS::Partition", place.partition.as_str()),
+            ("AWS::Region", place.region.as_str()),
+            ("AWS::AccountId", place.account.as_str()),
+            ("AWS::StackName", "mirrorfleet"),
+            ("AWS::URLSuffix", place.url_suffix.as_str()),
+        ] {
+            params.insert(k.into(), Val::Str(v.into()));
+        }
         Ctx { params, doc }
     }
 
@@ -190,47 +283,124 @@ impl<'a> Ctx<'a> {
             _ => bail!("a policy document without statements"),
         };
         let mut out = Vec::new();
-        for s in &list {
+        for s in list.iter().filter_map(|s| self.pick(s)) {
+            let s = &s;
             if s["Effect"].as_str() != Some("Allow") {
                 bail!("only Allow statements are understood: {s:?}");
             }
+            let regions = s["Condition"]["StringEquals"]
+                .get("aws:RequestedRegion")
+                .map(|r| self.eval(r).list());
             out.push(Statement {
                 sid: s["Sid"].as_str().map(str::to_string),
-                actions: self.strings(&s["Action"]),
-                resources: self.strings(&s["Resource"]),
+                actions: self.eval(&s["Action"]).list(),
+                resources: self.eval(&s["Resource"]).list(),
+                regions,
             });
         }
         Ok(out)
     }
 
-    /// A string, a list of them, or an intrinsic function, resolved.
-    fn strings(&self, v: &Value) -> Vec<String> {
+    /// A value with its intrinsic functions applied: `!Ref`, `!Sub` (with
+    /// or without variables), `!Join`, `!Split`, `!Select`, `!If` and the
+    /// condition functions. Anything else (a `!GetAtt` of a table or queue)
+    /// stays unresolved and matches nothing.
+    fn eval(&self, v: &Value) -> Val {
         match v {
-            Value::Sequence(items) => items.iter().flat_map(|i| self.strings(i)).collect(),
-            _ => vec![self.resolve(v)],
-        }
-    }
-
-    fn resolve(&self, v: &Value) -> String {
-        match v {
-            Value::String(s) => s.clone(),
+            Value::String(s) => Val::Str(s.clone()),
+            Value::Number(n) => Val::Str(n.to_string()),
+            Value::Bool(b) => Val::Bool(*b),
+            Value::Sequence(items) => {
+                Val::List(items.iter().flat_map(|i| self.eval(i).list()).collect())
+            }
             Value::Tagged(t) => {
                 let tag = t.tag.to_string();
-                match (tag.trim_start_matches('!'), &t.value) {
-                    ("Sub", Value::String(s)) => self.sub(s),
-                    ("Ref", Value::String(name)) => match self.params.get(name) {
-                        Some(p) => p.clone(),
-                        None => format!("unresolved:Ref:{name}"),
+                let args = t.value.as_sequence().cloned().unwrap_or_default();
+                let arg = |i: usize| args.get(i).cloned().unwrap_or(Value::Null);
+                match tag.trim_start_matches('!') {
+                    "Ref" => {
+                        let name = t.value.as_str().unwrap_or_default();
+                        match (name, self.params.get(name)) {
+                            ("AWS::NoValue", _) => Val::List(Vec::new()),
+                            (_, Some(p)) => p.clone(),
+                            _ => Val::Str(format!("unresolved:Ref:{name}")),
+                        }
+                    }
+                    "Sub" => match &t.value {
+                        Value::String(s) => Val::Str(self.sub(s, &BTreeMap::new())),
+                        _ => {
+                            let mut vars = BTreeMap::new();
+                            if let Some(m) = arg(1).as_mapping() {
+                                for (k, v) in m {
+                                    if let Some(k) = k.as_str() {
+                                        vars.insert(k.to_string(), self.eval(v).text());
+                                    }
+                                }
+                            }
+                            Val::Str(self.sub(arg(0).as_str().unwrap_or_default(), &vars))
+                        }
                     },
-                    (other, _) => format!("unresolved:{other}"),
+                    "Join" => Val::Str(
+                        self.eval(&arg(1))
+                            .list()
+                            .join(arg(0).as_str().unwrap_or_default()),
+                    ),
+                    "Split" => {
+                        let sep = arg(0).as_str().unwrap_or(",").to_string();
+                        let text = self.eval(&arg(1)).text();
+                        Val::List(text.split(sep.as_str()).map(str::to_string).collect())
+                    }
+                    "Select" => {
+                        let i: usize = self.eval(&arg(0)).text().parse().unwrap_or(usize::MAX);
+                        let list = self.eval(&arg(1)).list();
+                        Val::Str(list.get(i).cloned().unwrap_or_default())
+                    }
+                    "If" => {
+                        let name = arg(0).as_str().unwrap_or_default().to_string();
+                        if self.condition(&name) {
+                            self.eval(&arg(1))
+                        } else {
+                            self.eval(&arg(2))
+                        }
+                    }
+                    "Equals" => Val::Bool(self.eval(&arg(0)).text() == self.eval(&arg(1)).text()),
+                    "Not" => Val::Bool(!self.eval(&arg(0)).truth()),
+                    "And" => Val::Bool(args.iter().all(|a| self.eval(a).truth())),
+                    "Or" => Val::Bool(args.iter().any(|a| self.eval(a).truth())),
+                    "Condition" => Val::Bool(self.condition(t.value.as_str().unwrap_or_default())),
+                    other => Val::Str(format!("unresolved:{other}")),
                 }
             }
-            _ => "unresolved".into(),
+            _ => Val::Str("unresolved".into()),
         }
     }
 
-    /// `${Name}` replaced by a parameter or pseudo parameter.
-    fn sub(&self, s: &str) -> String {
+    /// A statement written as `!If [Cond, A, B]`: the branch that holds
+    /// (`None` for `AWS::NoValue`).
+    fn pick(&self, v: &Value) -> Option<Value> {
+        match v {
+            Value::Tagged(t) if t.tag.to_string().trim_start_matches('!') == "If" => {
+                let args = t.value.as_sequence()?;
+                let name = args.first()?.as_str()?;
+                let branch = if self.condition(name) {
+                    args.get(1)?
+                } else {
+                    args.get(2)?
+                };
+                self.pick(branch)
+            }
+            Value::Tagged(t) if t.tag.to_string().trim_start_matches('!') == "Ref" => None,
+            other => Some(other.clone()),
+        }
+    }
+
+    /// A condition of the template's `Conditions`, evaluated.
+    fn condition(&self, name: &str) -> bool {
+        self.eval(&self.doc["Conditions"][name]).truth()
+    }
+
+    /// `${Name}` replaced by a variable, a parameter or a pseudo parameter.
+    fn sub(&self, s: &str, vars: &BTreeMap<String, String>) -> String {
         let mut out = String::new();
         let mut rest = s;
         while let Some(start) = rest.find("${") {
@@ -241,13 +411,11 @@ impl<'a> Ctx<'a> {
                 return out;
             };
             let name = &after[..end];
-            match self.params.get(name) {
-                Some(v) => out.push_str(v),
-                None => {
-                    // A resource's own attribute: keep it unresolvable.
-                    let _ = self.doc;
-                    out.push_str(&format!("unresolved:{name}"));
-                }
+            match (vars.get(name), self.params.get(name)) {
+                (Some(v), _) => out.push_str(v),
+                (None, Some(v)) => out.push_str(&v.clone().text()),
+                // A resource's own attribute: keep it unresolvable.
+                _ => out.push_str(&format!("unresolved:{name}")),
             }
             rest = &after[end + 1..];
         }

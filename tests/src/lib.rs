@@ -10,7 +10,9 @@
 
 pub mod ecr_double;
 pub mod faults;
+pub mod gate;
 pub mod iam;
+pub mod moto;
 pub mod recording;
 mod serve;
 

@@ -183,3 +183,78 @@ async fn missing_or_malformed_settings_and_secrets_are_named_never_shown() {
         );
     }
 }
+
+/// The stack grants `ssm:GetParameter` on exactly its
+/// `RegistrySettingsParameter`: a process of its roles (IAM enforced by the
+/// gate, from the template) reads that one, and another parameter is a
+/// clear refusal naming it, for the worker and the controller alike.
+#[tokio::test]
+async fn only_the_stacks_settings_parameter_may_be_read() {
+    use mirrorfleet_tests::gate::AwsGate;
+    use mirrorfleet_tests::iam::{Policy, template_path};
+    let stack = Stack::get();
+    let repo = unique("aws-ssm-iam");
+    push_image(&stack, &repo, "v1").await;
+    let src = format!("{}/{repo}:v1", stack.src);
+    let yaml = format!(
+        "registries:\n  {}:\n    plain_http: true\n  {}:\n    plain_http: true\n",
+        stack.src, stack.dst
+    );
+    let granted = parameter(&stack, &yaml).await;
+    let other = parameter(&stack, &yaml).await;
+    let params = std::collections::BTreeMap::from([(
+        "RegistrySettingsParameter".to_string(),
+        granted.clone(),
+    )]);
+    for (role, bin, args) in [
+        (
+            "CopyRole",
+            "mirrorfleet-worker",
+            vec![
+                "copy".to_string(),
+                src.clone(),
+                format!("{}/{repo}:v1", stack.dst),
+            ],
+        ),
+        (
+            "ControllerRole",
+            "mirrorfleet-controller",
+            vec![
+                "check".to_string(),
+                src.clone(),
+                format!("{}/{repo}:v1", stack.dst),
+            ],
+        ),
+    ] {
+        let policy = Policy::for_role(&template_path(), role, &params, true).unwrap();
+        let gate = AwsGate::start(&stack.moto, policy).unwrap();
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        for (name, allowed) in [(&granted, true), (&other, false)] {
+            let mut env = moto_env(&stack);
+            for (k, v) in &mut env {
+                if *k == "AWS_ENDPOINT_URL" {
+                    *v = gate.url.clone();
+                }
+            }
+            env.push(("MIRRORFLEET_REGISTRIES", format!("ssm:{name}")));
+            let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            let (code, out, err) = run_bin_off(bin, &args, &env).await;
+            if allowed {
+                assert_eq!(code, 0, "{role}: {out}\n{err}");
+            } else {
+                assert_eq!(code, 2, "{role}: {out}\n{err}");
+                assert!(
+                    err.lines().any(|l| l.starts_with("error:")
+                        && l.contains(&format!("cannot read SSM parameter {name}"))
+                        && l.contains("not authorized to perform: ssm:GetParameter")),
+                    "{role}: {err}"
+                );
+                assert!(
+                    !err.contains("plain_http"),
+                    "the parameter's value was printed"
+                );
+            }
+        }
+        assert_eq!(gate.count("ssm:GetParameter"), 2, "{role}");
+    }
+}

@@ -50,15 +50,27 @@ async fn the_stack_creates_what_the_fleet_uses_and_the_fleet_runs_on_it() {
     let stack = Stack::get();
     let name = unique("mf-stack").replace('_', "-");
     // The registry settings every job reads, in an SSM parameter the stack
-    // is given: here, that the stack's two plain registries speak HTTP.
+    // is given: the stack's two plain registries speak HTTP, and the
+    // basic-auth one's password exists only in a Secrets Manager secret.
+    let (user, pass) = stack.basic_creds.split_once(':').unwrap();
+    let secret = moto_secrets(&stack)
+        .create_secret()
+        .name(format!("{name}/basic"))
+        .secret_string(serde_json::json!({"username": user, "password": pass}).to_string())
+        .send()
+        .await
+        .unwrap()
+        .arn()
+        .unwrap()
+        .to_string();
     let settings = format!("/mirrorfleet/{name}/registries");
     moto_ssm(&stack)
         .put_parameter()
         .name(&settings)
         .r#type(aws_sdk_ssm::types::ParameterType::SecureString)
         .value(format!(
-            "registries:\n  {}:\n    plain_http: true\n  {}:\n    plain_http: true\n",
-            stack.src, stack.dst
+            "registries:\n  {}:\n    plain_http: true\n  {}:\n    plain_http: true\n  {}:\n    plain_http: true\n    credentials_secret: {secret}\n",
+            stack.src, stack.dst, stack.basic
         ))
         .send()
         .await
@@ -121,10 +133,11 @@ async fn the_stack_creates_what_the_fleet_uses_and_the_fleet_runs_on_it() {
         Some(3)
     );
 
-    // The fleet, on the stack's resources, with the environment the job
-    // definitions give it (the table, the queue, JSON logs, EMF metrics and
-    // the settings parameter): only moto's endpoint and keys are added.
-    let job_env = |def: String| {
+    // The fleet, on the stack's resources, started exactly as the job
+    // definitions say: their command and environment (the table, the queue,
+    // JSON logs, EMF metrics and the settings parameter). Only moto's
+    // endpoint and keys are added, and trace-level logging.
+    let job = |def: String| {
         let stack = stack.clone();
         async move {
             let defs = moto_batch(&stack)
@@ -137,9 +150,8 @@ async fn the_stack_creates_what_the_fleet_uses_and_the_fleet_runs_on_it() {
                 .job_definitions()
                 .first()
                 .unwrap_or_else(|| panic!("no job definition {def}"));
-            let mut env: Vec<(String, String)> = d
-                .container_properties()
-                .unwrap()
+            let c = d.container_properties().unwrap();
+            let mut env: Vec<(String, String)> = c
                 .environment()
                 .iter()
                 .map(|kv| {
@@ -150,13 +162,11 @@ async fn the_stack_creates_what_the_fleet_uses_and_the_fleet_runs_on_it() {
                 })
                 .collect();
             env.sort();
-            env
+            (c.command().to_vec(), env)
         }
     };
-    let controller_env = job_env(format!("{name}-controller")).await;
-    let worker_env = job_env(format!("{name}-worker")).await;
-    // (moto mangles the copy job's empty `Parameters`, which the SDK then
-    // cannot read back: that job definition is checked in the template test.)
+    let (controller_cmd, controller_env) = job(format!("{name}-controller")).await;
+    let (worker_cmd, worker_env) = job(format!("{name}-worker")).await;
     for e in [&controller_env, &worker_env] {
         assert!(
             e.contains(&(
@@ -173,6 +183,7 @@ async fn the_stack_creates_what_the_fleet_uses_and_the_fleet_runs_on_it() {
             .into_iter()
             .map(|(k, v)| (k.to_string(), v))
             .chain(job.iter().cloned())
+            .chain([("MIRRORFLEET_LOG".to_string(), "trace".to_string())])
             .collect()
     };
     let controller_env = with_moto(&controller_env);
@@ -185,33 +196,49 @@ async fn the_stack_creates_what_the_fleet_uses_and_the_fleet_runs_on_it() {
         .iter()
         .map(|(k, v)| (k.as_str(), v.as_str()))
         .collect();
+    let argv = |cmd: &[String], bin: &str| -> Vec<String> {
+        assert_eq!(cmd[0], bin, "{cmd:?}");
+        cmd[1..].to_vec()
+    };
+    let no_password = |out: &str| assert!(!out.contains(pass), "the password was logged");
 
+    // The source is in the basic-auth registry: the ad-hoc copy job's
+    // command (read from the template: moto mangles that job definition's
+    // empty Parameters), with the worker's settings, puts it there.
     let repo = unique("stack");
     let digest = push_image(&stack, &repo, "v1").await;
-    let src = format!("{}/{repo}:v1", stack.src);
+    let src = format!("{}/{repo}:v1", stack.basic);
     let dest = format!("{}/{repo}:v1", stack.dst);
+    let copy_cmd = template_command(
+        "CopyJobDefinition",
+        &[
+            ("source", &format!("{}/{repo}:v1", stack.src)),
+            ("dest", &src),
+        ],
+    );
+    let copy_args = argv(&copy_cmd, "mirrorfleet-worker");
+    let copy_args: Vec<&str> = copy_args.iter().map(String::as_str).collect();
+    let (code, out, err) = run_bin("mirrorfleet-worker", &copy_args, &worker);
+    assert_eq!(code, 0, "{out}{err}");
+    no_password(&format!("{out}{err}"));
     let (code, out, err) = run_bin(
         "mirrorfleet-controller",
         &["table", "add", &src, &dest],
         &controller,
     );
     assert_eq!(code, 0, "{out}{err}");
-    // The job definition names the controller job uses are the stack's.
-    let worker_def = format!("{name}-worker");
-    let (code, out, err) = run_bin(
-        "mirrorfleet-controller",
-        &[
-            "run",
-            "--output",
-            "json",
-            "--batch-job-queue",
-            &job_queue,
-            "--batch-job-definition",
-            &worker_def,
-        ],
-        &controller,
+    // The controller job's command names the stack's job queue and worker
+    // job definition; moto's Batch takes the workers it starts.
+    let args = argv(&controller_cmd, "mirrorfleet-controller");
+    assert!(
+        args.contains(&format!("{name}-worker")) && args.contains(&job_queue),
+        "{args:?}"
     );
+    let mut args: Vec<&str> = args.iter().map(String::as_str).collect();
+    args.extend(["--output", "json"]);
+    let (code, out, err) = run_bin("mirrorfleet-controller", &args, &controller);
     assert_eq!(code, 0, "{out}{err}");
+    no_password(&format!("{out}{err}"));
     let s: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(s["jobs_enqueued"], 1, "{s}");
     assert_eq!(s["workers_started"], 1, "{s}");
@@ -221,20 +248,16 @@ async fn the_stack_creates_what_the_fleet_uses_and_the_fleet_runs_on_it() {
         emf[0]["_aws"]["CloudWatchMetrics"][0]["Namespace"],
         format!("mirrorfleet/{name}")
     );
-    let (code, out, err) = run_bin(
-        "mirrorfleet-worker",
-        &[
-            "consume",
-            "--wait",
-            "1s",
-            "--exit-when-idle",
-            "2s",
-            "--output",
-            "json",
-        ],
-        &worker,
-    );
+    // The worker job's command, but for the idle wait: a minute in the job
+    // definition, two seconds here.
+    let mut args = argv(&worker_cmd, "mirrorfleet-worker");
+    let idle = args.iter().position(|a| a == "--exit-when-idle").unwrap();
+    args[idle + 1] = "2s".into();
+    let mut args: Vec<&str> = args.iter().map(String::as_str).collect();
+    args.extend(["--wait", "1s", "--output", "json"]);
+    let (code, out, err) = run_bin("mirrorfleet-worker", &args, &worker);
     assert_eq!(code, 0, "{out}{err}");
+    no_password(&format!("{out}{err}"));
     let emf = emf_lines(&err, "worker");
     assert_eq!(emf[0]["ImagesSynced"], 1.0, "{err}");
     assert!(emf[0]["BytesCopied"].as_f64().unwrap() > 0.0);
@@ -261,6 +284,32 @@ async fn the_stack_creates_what_the_fleet_uses_and_the_fleet_runs_on_it() {
     assert_eq!(code, 0);
     let rows: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(rows[0]["state"], "synced", "{rows:#}");
+}
+
+/// A job definition's `Command` in the template, with the Batch parameters
+/// (`Ref::name`) substituted as Batch does.
+fn template_command(job_definition: &str, parameters: &[(&str, &str)]) -> Vec<String> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let text = std::fs::read_to_string(root.join("cloudformation/mirrorfleet.yaml")).unwrap();
+    let doc: serde_norway::Value = serde_norway::from_str(&text).unwrap();
+    let cmd = doc["Resources"][job_definition]["Properties"]["ContainerProperties"]["Command"]
+        .as_sequence()
+        .unwrap();
+    cmd.iter()
+        .map(|a| {
+            let a = a
+                .as_str()
+                .unwrap_or_else(|| panic!("{job_definition}: {a:?} is not plain"));
+            match a.strip_prefix("Ref::") {
+                Some(p) => parameters
+                    .iter()
+                    .find(|(k, _)| *k == p)
+                    .map(|(_, v)| v.to_string())
+                    .unwrap_or_else(|| panic!("no parameter {p}")),
+                None => a.to_string(),
+            }
+        })
+        .collect()
 }
 
 /// The template's operations, read from it: alarms reach the topic (a key

@@ -19,7 +19,7 @@ use crate::oci::digest::Digest;
 use crate::oci::reference::Reference;
 use crate::registry::auth::{Credentials, DockerConfig};
 use crate::registry::client::{CredentialSource, Registry, RequestCounts};
-use crate::registry::ecr::{Ecr, EcrHost, RepositoryInfo};
+use crate::registry::ecr::{Ecr, EcrAccess, EcrHost, RepositoryInfo};
 use crate::registry::secrets::{Secrets, SettingsSource};
 use crate::registry::settings::Settings;
 use crate::registry::settings::{RegistrySettings, SettingsError};
@@ -53,13 +53,32 @@ impl Registries {
         source_creds: Option<Credentials>,
         dest_creds: Option<Credentials>,
     ) -> Registries {
+        Registries::with_secrets(
+            settings,
+            docker_config,
+            source_creds,
+            dest_creds,
+            Arc::new(Secrets::default()),
+        )
+    }
+
+    /// As [`Registries::new`], reading secrets (and the AWS configuration)
+    /// through `secrets`, which loaded the settings too: one AWS
+    /// configuration and one secret cache per process.
+    pub fn with_secrets(
+        settings: Settings,
+        docker_config: DockerConfig,
+        source_creds: Option<Credentials>,
+        dest_creds: Option<Credentials>,
+        secrets: Arc<Secrets>,
+    ) -> Registries {
         Registries {
             settings,
             docker_config,
             source_creds,
             dest_creds,
-            ecr: Arc::new(Ecr::new()),
-            secrets: Arc::new(Secrets::default()),
+            ecr: Arc::new(Ecr::new(secrets.clone())),
+            secrets,
             clients: Mutex::new(HashMap::new()),
         }
     }
@@ -100,7 +119,7 @@ impl Registries {
                 None => match EcrHost::parse(host) {
                     Some(ecr_host) => CredentialSource::Ecr {
                         host: ecr_host,
-                        role_arn: rs.role_arn.clone(),
+                        access: EcrAccess::of(&rs),
                     },
                     None => CredentialSource::Static(
                         self.docker_config.lookup(host).await?.unwrap_or_default(),
@@ -129,10 +148,10 @@ impl Registries {
 /// The ECR-aware layer: every question whose answer differs on ECR is
 /// answered here, so no other module branches on the kind of registry.
 impl Registries {
-    /// The ECR host `registry` names, with the role to reach it by.
-    fn ecr_host(&self, registry: &str) -> Option<(EcrHost, Option<String>)> {
+    /// The ECR host `registry` names, with how its API is reached.
+    fn ecr_host(&self, registry: &str) -> Option<(EcrHost, EcrAccess)> {
         let host = EcrHost::parse(registry)?;
-        Some((host, self.settings.registry(registry).role_arn))
+        Some((host, EcrAccess::of(&self.settings.registry(registry))))
     }
 
     /// Make sure `dest`'s repository exists where the registry needs it made
@@ -144,12 +163,7 @@ impl Registries {
         };
         let info = self
             .ecr
-            .ensure_repository(
-                &host,
-                role.as_deref(),
-                dest.repository(),
-                &self.settings.ecr,
-            )
+            .ensure_repository(&host, &role, dest.repository(), &self.settings.ecr)
             .await?;
         Ok(Some(info))
     }
@@ -164,7 +178,7 @@ impl Registries {
         let (host, role) = self.ecr_host(dest.registry())?;
         Some(
             self.ecr
-                .available_layers(&host, role.as_deref(), dest.repository(), digests)
+                .available_layers(&host, &role, dest.repository(), digests)
                 .await
                 .map_err(Into::into),
         )
@@ -182,7 +196,7 @@ impl Registries {
     /// catalog endpoint), `/v2/_catalog` for the rest.
     pub async fn list_repositories(&self, registry: &str, page: usize) -> Result<Vec<String>> {
         if let Some((host, role)) = self.ecr_host(registry) {
-            return Ok(self.ecr.list_repositories(&host, role.as_deref()).await?);
+            return Ok(self.ecr.list_repositories(&host, &role).await?);
         }
         self.get(registry, Role::Source).await?.catalog(page).await
     }
@@ -193,7 +207,7 @@ impl Registries {
         if let Some((host, role)) = self.ecr_host(source.registry()) {
             return Ok(self
                 .ecr
-                .list_tags(&host, role.as_deref(), source.repository())
+                .list_tags(&host, &role, source.repository())
                 .await?);
         }
         self.get(source.registry(), Role::Source)
@@ -204,19 +218,16 @@ impl Registries {
 }
 
 /// The registry settings from `source`: a file, an SSM parameter or a
-/// Secrets Manager secret.
+/// Secrets Manager secret, read through `secrets`.
 pub async fn load_settings(
     source: &SettingsSource,
+    secrets: &Secrets,
 ) -> std::result::Result<Settings, SettingsError> {
     let origin = std::path::PathBuf::from(source.to_string());
     match source {
         SettingsSource::File(p) => Settings::load(p),
-        SettingsSource::Ssm(name) => {
-            Settings::parse(&Secrets::default().parameter(name).await?, &origin)
-        }
-        SettingsSource::Secret(id) => {
-            Settings::parse(Secrets::default().string(id).await?.expose(), &origin)
-        }
+        SettingsSource::Ssm(name) => Settings::parse(&secrets.parameter(name).await?, &origin),
+        SettingsSource::Secret(id) => Settings::parse(secrets.string(id).await?.expose(), &origin),
     }
 }
 

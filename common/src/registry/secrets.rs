@@ -1,8 +1,9 @@
 //! Settings and credentials kept in AWS, so a fleet needs no file and no
 //! secret on a command line: the registry settings from an SSM parameter
 //! (`ssm:/name`, SecureString included) or a Secrets Manager secret
-//! (`secretsmanager:ARN`), and a registry's credentials from a secret
-//! (`credentials_secret`).
+//! (`secretsmanager:ARN`), a registry's credentials from a secret
+//! (`credentials_secret`), and AWS keys for an ECR registry in another
+//! partition (`aws_credentials_secret`).
 //!
 //! Values are read once per process and kept only in memory. A credential
 //! secret is read again after the registry refuses what it held (a 401: the
@@ -70,6 +71,11 @@ pub enum SecretError {
          \"password\", or a Docker config with an \"auths\" entry for the registry"
     )]
     Shape { id: String, host: String },
+    #[error(
+        "secret {id} holds no AWS keys: it must be JSON with \"aws_access_key_id\" and \
+         \"aws_secret_access_key\" (and optionally \"aws_session_token\")"
+    )]
+    AwsKeysShape { id: String },
 }
 
 /// The AWS reads, shared per process.
@@ -88,7 +94,8 @@ impl std::fmt::Debug for Secrets {
 }
 
 impl Secrets {
-    async fn config(&self) -> &SdkConfig {
+    /// The process's one AWS configuration, loaded on first use.
+    pub(crate) async fn config(&self) -> &SdkConfig {
         self.config.get_or_init(crate::aws::config).await
     }
 
@@ -154,6 +161,32 @@ impl Secrets {
             id: id.to_string(),
             host: host.to_string(),
         })
+    }
+}
+
+impl Secrets {
+    /// AWS keys kept in secret `id`, for an ECR registry in another partition.
+    pub async fn aws_keys(
+        &self,
+        id: &str,
+    ) -> Result<aws_credential_types::Credentials, SecretError> {
+        #[derive(Deserialize)]
+        struct Keys {
+            aws_access_key_id: String,
+            aws_secret_access_key: String,
+            #[serde(default)]
+            aws_session_token: Option<String>,
+        }
+        let text = self.string(id).await?;
+        let keys: Keys = serde_json::from_str(text.expose())
+            .map_err(|_| SecretError::AwsKeysShape { id: id.to_string() })?;
+        Ok(aws_credential_types::Credentials::new(
+            keys.aws_access_key_id,
+            keys.aws_secret_access_key,
+            keys.aws_session_token,
+            None,
+            "mirrorfleet-aws-credentials-secret",
+        ))
     }
 }
 

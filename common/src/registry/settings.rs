@@ -13,9 +13,12 @@
 //!     max_concurrency: 8
 //!     read_timeout_seconds: 60
 //!     manifest_puts_per_second: 5      # default: unlimited (10 for ECR hosts)
-//!   123456789012.dkr.ecr.us-east-1.amazonaws.com:
-//!     role_arn: arn:aws:iam::123456789012:role/mirror-push
+//!   210987654321.dkr.ecr.us-east-1.amazonaws.com:
+//!     role_arn: arn:aws:iam::210987654321:role/mirrorfleet-mirror
+//!     external_id: mirrorfleet-prod
 //!     manifest_puts_per_second: 0.5    # per worker: 20 workers share ECR's 10/s
+//!   123456789012.dkr.ecr.cn-north-1.amazonaws.com.cn:
+//!     aws_credentials_secret: arn:aws:secretsmanager:us-east-1:111122223333:secret:cn-keys
 //! ecr:
 //!   tag_mutability: IMMUTABLE
 //!   scan_on_push: true
@@ -75,9 +78,20 @@ pub struct RegistrySettings {
     /// (default 120).
     #[serde(default)]
     pub read_timeout_seconds: Option<u64>,
-    /// For ECR hosts: assume this role to get the registry's token.
+    /// For ECR hosts: assume this role (in the registry's account) for every
+    /// ECR call and the registry's token.
     #[serde(default)]
     pub role_arn: Option<String>,
+    /// The external id the role's trust policy asks for.
+    #[serde(default)]
+    pub external_id: Option<String>,
+    /// For ECR hosts in another partition (China, GovCloud), which the fleet's
+    /// own credentials cannot reach: a Secrets Manager secret holding
+    /// `{"aws_access_key_id": ..., "aws_secret_access_key": ...}` (and
+    /// optionally `"aws_session_token"`) for that partition. With `role_arn`,
+    /// these keys assume the role.
+    #[serde(default)]
+    pub aws_credentials_secret: Option<String>,
     /// Manifest pushes per second from this process (default: 10 for ECR
     /// hosts, unlimited otherwise). A quota is per account and region, so a
     /// fleet of workers divides it between them.
@@ -192,6 +206,16 @@ impl Settings {
                 && !(rate.is_finite() && rate > 0.0)
             {
                 return Err(bad("manifest_puts_per_second must be a number above 0"));
+            }
+            let aws_only = r.role_arn.is_some() || r.aws_credentials_secret.is_some();
+            if aws_only && crate::registry::ecr::EcrHost::parse(host).is_none() {
+                return Err(bad(
+                    "role_arn and aws_credentials_secret are for ECR hosts \
+                     (ACCOUNT.dkr.ecr.REGION.amazonaws.com) only",
+                ));
+            }
+            if r.external_id.is_some() && r.role_arn.is_none() {
+                return Err(bad("external_id needs a role_arn"));
             }
             if r.max_concurrency == Some(0) {
                 return Err(bad("max_concurrency must be at least 1"));
@@ -342,6 +366,21 @@ mod tests {
         std::fs::write(&p, "registries:\n  x:\n    plain_htp: true\n").unwrap();
         let err = Settings::load(&p).unwrap_err().to_string();
         assert!(err.contains("plain_htp") && err.contains("line 3"), "{err}");
+
+        for (yaml, want) in [
+            (
+                "registries:\n  r.example.com:\n    role_arn: arn:aws:iam::1:role/r\n",
+                "for ECR hosts",
+            ),
+            (
+                "registries:\n  123456789012.dkr.ecr.us-east-1.amazonaws.com:\n    external_id: x\n",
+                "external_id needs a role_arn",
+            ),
+        ] {
+            std::fs::write(&p, yaml).unwrap();
+            let err = Settings::load(&p).unwrap_err().to_string();
+            assert!(err.contains(want), "{yaml}: {err}");
+        }
 
         std::fs::write(&p, "registries:\n  x:\n    password_env: P\n").unwrap();
         assert!(

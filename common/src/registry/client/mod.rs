@@ -43,7 +43,7 @@ pub enum CredentialSource {
     },
     Ecr {
         host: EcrHost,
-        role_arn: Option<String>,
+        access: crate::registry::ecr::EcrAccess,
     },
 }
 

@@ -18,8 +18,8 @@ impl Registry {
     pub(super) async fn credentials(&self) -> Result<Credentials> {
         match &self.creds {
             CredentialSource::Static(c) => Ok(c.clone()),
-            CredentialSource::Ecr { host, role_arn } => {
-                Ok(self.ecr.credentials(host, role_arn.as_deref()).await?)
+            CredentialSource::Ecr { host, access } => {
+                Ok(self.ecr.credentials(host, access).await?)
             }
             CredentialSource::Secret { id, secrets } => Ok(secrets
                 .credentials(id, &self.host)
@@ -172,8 +172,8 @@ impl Registry {
     /// (it may have been rotated).
     pub(super) async fn invalidate_credentials(&self, auth: &Auth) {
         match (&self.creds, &auth.ecr) {
-            (CredentialSource::Ecr { host, role_arn }, Some(used)) => {
-                self.ecr.invalidate(host, role_arn.as_deref(), used).await;
+            (CredentialSource::Ecr { host, access }, Some(used)) => {
+                self.ecr.invalidate(host, access, used).await;
             }
             (CredentialSource::Secret { id, secrets }, _) => secrets.forget(id).await,
             _ => {}

@@ -2,17 +2,19 @@
 //!
 //! ECR registries speak the distribution API with HTTP basic auth whose
 //! password is a 12-hour token from `GetAuthorizationToken`. Tokens are cached
-//! per account, region and role, fetched by one caller at a time (the others
+//! per account, region and access (role, external id, keys), fetched by one caller at a time (the others
 //! wait for its answer: `GetAuthorizationToken` allows 20 calls a second), and
 //! refreshed an hour before they expire, or at once when a registry refuses
 //! the very token a request carried. Destination repositories are created on
 //! first use; `RepositoryAlreadyExistsException` is success.
 
+mod access;
 mod host;
 mod mutability;
 #[cfg(test)]
 mod tests;
 
+pub use access::EcrAccess;
 pub use host::{EcrHost, endpoint_flags, same_registry, valid_repository_name};
 pub use mutability::{TagMutability, wildcard_matches};
 
@@ -20,16 +22,16 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use aws_config::{Region, SdkConfig};
 use aws_sdk_ecr::types::{
     EncryptionConfiguration, EncryptionType, ImageScanningConfiguration, ImageTagMutability,
     ImageTagMutabilityExclusionFilter, ImageTagMutabilityExclusionFilterType,
 };
 use base64::Engine as _;
-use tokio::sync::{Mutex, OnceCell};
+use tokio::sync::Mutex;
 
 use crate::error::Cause;
 use crate::registry::auth::{Credentials, Secret};
+use crate::registry::secrets::{SecretError, Secrets};
 use crate::registry::settings::EcrRepositorySettings;
 
 /// ECR's `PutImage` quota: 10 per second per account and region.
@@ -44,6 +46,8 @@ pub enum EcrError {
         message: String,
         /// Throttled or unreachable: trying later may succeed.
         transient: bool,
+        /// The API refused keys read from a secret (rotated since).
+        keys_refused: bool,
         #[source]
         cause: Option<Cause>,
     },
@@ -62,6 +66,14 @@ pub enum EcrError {
         message: String,
         #[source]
         cause: Option<Cause>,
+    },
+    /// The keys for the registry could not be read from their secret.
+    #[error("ECR account {account} in {region}: {source}")]
+    Keys {
+        account: String,
+        region: String,
+        #[source]
+        source: SecretError,
     },
     #[error(
         "{repository:?} is not a valid ECR repository name: ECR takes 2 to 256 characters, \
@@ -101,17 +113,18 @@ pub struct RepositoryInfo {
     pub created: bool,
 }
 
-type TokenKey = (String, String, Option<String>);
+type TokenKey = (String, String, EcrAccess);
 
 /// One cached token, behind its own lock so only one caller fetches it.
 type TokenSlot = Arc<Mutex<Option<(Credentials, SystemTime)>>>;
 
-type ClientKey = (String, Option<String>, bool, bool);
+type ClientKey = (String, EcrAccess, bool, bool);
 
 /// ECR control-plane access shared by all copies in a process.
 #[derive(Debug, Default)]
 pub struct Ecr {
-    base: OnceCell<SdkConfig>,
+    /// The AWS configuration, and the secrets keys are read from.
+    secrets: Arc<Secrets>,
     clients: Mutex<HashMap<ClientKey, aws_sdk_ecr::Client>>,
     tokens: std::sync::Mutex<HashMap<TokenKey, TokenSlot>>,
     repositories: std::sync::Mutex<HashMap<(EcrHost, String), RepositoryInfo>>,
@@ -124,42 +137,55 @@ const REFRESH_MARGIN: Duration = Duration::from_secs(3600);
 const SKEWED_TOKEN_USE: Duration = Duration::from_secs(300);
 
 impl Ecr {
-    pub fn new() -> Ecr {
-        Ecr::default()
+    /// ECR access that reads keys from `secrets` and shares its AWS configuration.
+    pub fn new(secrets: Arc<Secrets>) -> Ecr {
+        Ecr {
+            secrets,
+            ..Ecr::default()
+        }
     }
 
-    async fn client(&self, host: &EcrHost, role_arn: Option<&str>) -> aws_sdk_ecr::Client {
+    async fn client(
+        &self,
+        host: &EcrHost,
+        access: &EcrAccess,
+    ) -> Result<aws_sdk_ecr::Client, EcrError> {
         let (fips, dual_stack) = endpoint_flags(host);
-        let key = (
-            host.region.clone(),
-            role_arn.map(str::to_string),
-            fips,
-            dual_stack,
-        );
+        let key = (host.region.clone(), access.clone(), fips, dual_stack);
         let mut clients = self.clients.lock().await;
         if let Some(c) = clients.get(&key) {
-            return c.clone();
+            return Ok(c.clone());
         }
         // Region and credentials come from the standard AWS_* variables and
-        // profiles; the SDK's own retry policy covers throttling.
-        let base = self.base.get_or_init(crate::aws::config).await;
-        let region = Region::new(host.region.clone());
-        let mut builder = aws_sdk_ecr::config::Builder::from(base)
-            .region(region.clone())
+        // profiles unless the access names keys or a role; the SDK's own
+        // retry policy covers throttling.
+        let base = self.secrets.config().await;
+        // Boxed: built once per registry, and it keeps callers' futures shallow.
+        let config = Box::pin(access::config(base, &host.region, access, &self.secrets))
+            .await
+            .map_err(|source| EcrError::Keys {
+                account: host.account.clone(),
+                region: host.region.clone(),
+                source,
+            })?;
+        let conf = aws_sdk_ecr::config::Builder::from(&config)
             .use_fips(fips)
-            .use_dual_stack(dual_stack);
-        if let Some(role) = role_arn {
-            let provider = aws_config::sts::AssumeRoleProvider::builder(role)
-                .session_name("mirrorfleet")
-                .region(region)
-                .configure(base)
-                .build()
-                .await;
-            builder = builder.credentials_provider(provider);
-        }
-        let client = aws_sdk_ecr::Client::from_conf(builder.build());
+            .use_dual_stack(dual_stack)
+            .build();
+        let client = aws_sdk_ecr::Client::from_conf(conf);
         clients.insert(key, client.clone());
-        client
+        Ok(client)
+    }
+
+    /// Forget keys a registry's API refused, so the next client reads their
+    /// secret again (it was rotated).
+    async fn forget_keys(&self, host: &EcrHost, access: &EcrAccess) {
+        if let Some(id) = &access.aws_credentials_secret {
+            self.secrets.forget(id).await;
+            let (fips, dual_stack) = endpoint_flags(host);
+            let key = (host.region.clone(), access.clone(), fips, dual_stack);
+            self.clients.lock().await.remove(&key);
+        }
     }
 
     fn repos(&self) -> std::sync::MutexGuard<'_, HashMap<(EcrHost, String), RepositoryInfo>> {
@@ -167,12 +193,8 @@ impl Ecr {
         self.repositories.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn slot(&self, host: &EcrHost, role_arn: Option<&str>) -> TokenSlot {
-        let key = (
-            host.account.clone(),
-            host.region.clone(),
-            role_arn.map(str::to_string),
-        );
+    fn slot(&self, host: &EcrHost, access: &EcrAccess) -> TokenSlot {
+        let key = (host.account.clone(), host.region.clone(), access.clone());
         self.tokens
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -182,20 +204,30 @@ impl Ecr {
     }
 
     /// Basic-auth credentials for an ECR registry, from cache when still
-    /// fresh. Concurrent callers for one registry and role share one fetch.
+    /// fresh. Concurrent callers for one registry and access share one fetch.
     pub async fn credentials(
         &self,
         host: &EcrHost,
-        role_arn: Option<&str>,
+        access: &EcrAccess,
     ) -> Result<Credentials, EcrError> {
-        let slot = self.slot(host, role_arn);
+        let slot = self.slot(host, access);
         let mut cached = slot.lock().await;
         if let Some((c, exp)) = cached.as_ref()
             && SystemTime::now() + REFRESH_MARGIN < *exp
         {
             return Ok(c.clone());
         }
-        let fetched = self.fetch_token(host, role_arn).await?;
+        let fetched = match self.fetch_token(host, access).await {
+            // Keys from a secret that ECR does not know any more were rotated:
+            // read the secret again, once.
+            Err(EcrError::Token {
+                keys_refused: true, ..
+            }) => {
+                self.forget_keys(host, access).await;
+                self.fetch_token(host, access).await?
+            }
+            other => other?,
+        };
         *cached = Some(fetched.clone());
         Ok(fetched.0)
     }
@@ -203,16 +235,17 @@ impl Ecr {
     async fn fetch_token(
         &self,
         host: &EcrHost,
-        role_arn: Option<&str>,
+        access: &EcrAccess,
     ) -> Result<(Credentials, SystemTime), EcrError> {
         let err = |message: String, transient: bool, cause: Option<Cause>| EcrError::Token {
             account: host.account.clone(),
             region: host.region.clone(),
             message,
             transient,
+            keys_refused: false,
             cause,
         };
-        let client = self.client(host, role_arn).await;
+        let client = self.client(host, access).await?;
         #[allow(deprecated)] // registryIds still selects the account for cross-account pulls
         let out = client
             .get_authorization_token()
@@ -220,11 +253,20 @@ impl Ecr {
             .send()
             .await
             .map_err(|e| {
-                err(
-                    crate::aws::describe(&e),
-                    crate::aws::is_transient(&e),
-                    Some(Box::new(e)),
-                )
+                use aws_sdk_ecr::error::ProvideErrorMetadata as _;
+                let (message, transient) = match access::credentials_failure(&e, access) {
+                    Some(failure) => failure,
+                    None => (crate::aws::describe(&e), crate::aws::is_transient(&e)),
+                };
+                EcrError::Token {
+                    account: host.account.clone(),
+                    region: host.region.clone(),
+                    message,
+                    transient,
+                    keys_refused: access.aws_credentials_secret.is_some()
+                        && access::keys_refused(e.code()),
+                    cause: Some(Box::new(e)),
+                }
             })?;
         let data = out
             .authorization_data()
@@ -261,8 +303,8 @@ impl Ecr {
     /// Forget a cached token that a registry refused, but only if it is the
     /// one that was refused (`used`): a request that carried no token, or an
     /// older one, must not throw away a fresh token others are using.
-    pub async fn invalidate(&self, host: &EcrHost, role_arn: Option<&str>, used: &Credentials) {
-        let slot = self.slot(host, role_arn);
+    pub async fn invalidate(&self, host: &EcrHost, access: &EcrAccess, used: &Credentials) {
+        let slot = self.slot(host, access);
         let mut cached = slot.lock().await;
         if cached.as_ref().is_some_and(|(c, _)| c == used) {
             *cached = None;
@@ -274,7 +316,7 @@ impl Ecr {
     pub async fn ensure_repository(
         &self,
         host: &EcrHost,
-        role_arn: Option<&str>,
+        access: &EcrAccess,
         repository: &str,
         settings: &EcrRepositorySettings,
     ) -> Result<RepositoryInfo, EcrError> {
@@ -287,14 +329,15 @@ impl Ecr {
         if let Some(info) = self.repos().get(&key) {
             return Ok(info.clone());
         }
-        let client = self.client(host, role_arn).await;
-        let info = match self.describe(&client, host, repository).await? {
+        let client = self.client(host, access).await?;
+        let info = match self.describe(&client, host, access, repository).await? {
             Some(mutability) => RepositoryInfo {
                 mutability,
                 created: false,
             },
             None if settings.create_repositories => {
-                self.create(&client, host, repository, settings).await?
+                self.create(&client, host, access, repository, settings)
+                    .await?
             }
             None => {
                 return Err(EcrError::Describe {
@@ -324,11 +367,11 @@ impl Ecr {
     pub async fn available_layers(
         &self,
         host: &EcrHost,
-        role_arn: Option<&str>,
+        access: &EcrAccess,
         repository: &str,
         digests: &[crate::oci::digest::Digest],
     ) -> Result<Vec<crate::oci::digest::Digest>, EcrError> {
-        let client = self.client(host, role_arn).await;
+        let client = self.client(host, access).await?;
         let mut out = Vec::new();
         for chunk in digests.chunks(100) {
             let answer = client
@@ -338,7 +381,7 @@ impl Ecr {
                 .set_layer_digests(Some(chunk.iter().map(ToString::to_string).collect()))
                 .send()
                 .await
-                .map_err(|e| self.list_error("BatchCheckLayerAvailability", host, e))?;
+                .map_err(|e| self.list_error("BatchCheckLayerAvailability", host, access, e))?;
             out.extend(
                 answer
                     .layers()
@@ -358,9 +401,9 @@ impl Ecr {
     pub async fn list_repositories(
         &self,
         host: &EcrHost,
-        role_arn: Option<&str>,
+        access: &EcrAccess,
     ) -> Result<Vec<String>, EcrError> {
-        let client = self.client(host, role_arn).await;
+        let client = self.client(host, access).await?;
         let mut pages = client
             .describe_repositories()
             .registry_id(&host.account)
@@ -368,7 +411,8 @@ impl Ecr {
             .send();
         let mut out = Vec::new();
         while let Some(page) = pages.next().await {
-            let page = page.map_err(|e| self.list_error("DescribeRepositories", host, e))?;
+            let page =
+                page.map_err(|e| self.list_error("DescribeRepositories", host, access, e))?;
             out.extend(
                 page.repositories()
                     .iter()
@@ -384,11 +428,11 @@ impl Ecr {
     pub async fn list_tags(
         &self,
         host: &EcrHost,
-        role_arn: Option<&str>,
+        access: &EcrAccess,
         repository: &str,
     ) -> Result<Vec<String>, EcrError> {
         use aws_sdk_ecr::types::{DescribeImagesFilter, TagStatus};
-        let client = self.client(host, role_arn).await;
+        let client = self.client(host, access).await?;
         let mut pages = client
             .describe_images()
             .registry_id(&host.account)
@@ -402,7 +446,7 @@ impl Ecr {
             .send();
         let mut images: Vec<(i64, Vec<String>)> = Vec::new();
         while let Some(page) = pages.next().await {
-            let page = page.map_err(|e| self.list_error("DescribeImages", host, e))?;
+            let page = page.map_err(|e| self.list_error("DescribeImages", host, access, e))?;
             for d in page.image_details() {
                 let pushed = d.image_pushed_at().map(|t| t.secs()).unwrap_or_default();
                 images.push((pushed, d.image_tags().to_vec()));
@@ -416,6 +460,7 @@ impl Ecr {
         &self,
         operation: &'static str,
         host: &EcrHost,
+        access: &EcrAccess,
         e: aws_sdk_ecr::error::SdkError<E, aws_sdk_ecr::config::http::HttpResponse>,
     ) -> EcrError
     where
@@ -425,7 +470,7 @@ impl Ecr {
             operation,
             account: host.account.clone(),
             region: host.region.clone(),
-            message: crate::aws::describe(&e),
+            message: words(&e, access),
             cause: Some(Box::new(e)),
         }
     }
@@ -434,6 +479,7 @@ impl Ecr {
         &self,
         client: &aws_sdk_ecr::Client,
         host: &EcrHost,
+        access: &EcrAccess,
         repository: &str,
     ) -> Result<Option<TagMutability>, EcrError> {
         use aws_sdk_ecr::operation::describe_repositories::DescribeRepositoriesError;
@@ -458,7 +504,7 @@ impl Ecr {
                 _ => Err(EcrError::Describe {
                     repository: repository.to_string(),
                     region: host.region.clone(),
-                    message: crate::aws::describe(&e),
+                    message: words(&e, access),
                     cause: Some(Box::new(e)),
                 }),
             },
@@ -469,6 +515,7 @@ impl Ecr {
         &self,
         client: &aws_sdk_ecr::Client,
         host: &EcrHost,
+        access: &EcrAccess,
         repository: &str,
         settings: &EcrRepositorySettings,
     ) -> Result<RepositoryInfo, EcrError> {
@@ -520,7 +567,7 @@ impl Ecr {
                 // Another worker created it between our describe and create.
                 Some(CreateRepositoryError::RepositoryAlreadyExistsException(_)) => {
                     let mutability = self
-                        .describe(client, host, repository)
+                        .describe(client, host, access, repository)
                         .await?
                         .unwrap_or_default();
                     Ok(RepositoryInfo {
@@ -528,8 +575,20 @@ impl Ecr {
                         created: false,
                     })
                 }
-                _ => Err(err(crate::aws::describe(&e), Some(Box::new(e)))),
+                _ => Err(err(words(&e, access), Some(Box::new(e)))),
             },
         }
     }
+}
+
+/// An ECR API error in words; a failure to get credentials names the role or
+/// secret it came from.
+fn words<E>(
+    e: &aws_sdk_ecr::error::SdkError<E, aws_sdk_ecr::config::http::HttpResponse>,
+    access: &EcrAccess,
+) -> String
+where
+    E: aws_sdk_ecr::error::ProvideErrorMetadata + std::error::Error + 'static,
+{
+    access::credentials_failure(e, access).map_or_else(|| crate::aws::describe(e), |(w, _)| w)
 }
