@@ -5,6 +5,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use clap::Args;
+use futures_util::StreamExt as _;
 use mirrorfleet_common::cli::{Exit, usage};
 use mirrorfleet_common::cli::{OutputFormat, RegistryArgs, table};
 use mirrorfleet_common::control::enqueue::{self, RunSummary};
@@ -41,9 +42,14 @@ pub struct RunArgs {
     /// Items per scan page (default: DynamoDB's 1 MB pages).
     #[arg(long, env = "MIRRORFLEET_SCAN_PAGE_SIZE")]
     scan_page_size: Option<u32>,
-    /// Rows checked at once (each one HEADs its source and destinations).
-    #[arg(long, env = "MIRRORFLEET_PROBE_CONCURRENCY", default_value_t = 16)]
+    /// Rows checked at once (each one HEADs its source and destinations);
+    /// each registry's own limit adapts below this to what it sustains.
+    #[arg(long, env = "MIRRORFLEET_PROBE_CONCURRENCY", default_value_t = 64)]
     probe_concurrency: usize,
+    /// Strongly consistent scan reads (twice the read units). Not needed:
+    /// every write the controller makes is conditional on what it read.
+    #[arg(long, env = "MIRRORFLEET_CONSISTENT_SCAN")]
+    consistent_scan: bool,
     /// Queue a destination again when it has been `queued` this long with no
     /// result (its message was lost, or a controller died before sending it).
     #[arg(long, env = "MIRRORFLEET_REQUEUE_AFTER", default_value = "1h", value_parser = mirrorfleet_common::cli::parse_duration)]
@@ -120,15 +126,26 @@ async fn run(args: RunArgs) -> anyhow::Result<Exit> {
         concurrency: args.probe_concurrency,
         requeue_after: args.requeue_after,
         check_referrers: args.check_referrers,
+        consistent: args.consistent_scan,
     };
-    let plans = scan::scan(&store, &engine, filter.as_ref(), &opts)
-        .await
-        .context("scanning the table")?;
-    let mut summary = enqueue::apply(&store, Some(&queue), &plans, args.dry_run, started)
-        .await
-        .context("enqueueing")?;
+    // Rows are planned and enqueued as the scan reads them: memory stays
+    // bounded by the page size and the concurrency, whatever the table's
+    // size. Only a dry run keeps every plan, for its table.
+    let mut enqueuer = enqueue::Enqueuer::new(&store, Some(&queue), args.dry_run);
+    let mut shown = Vec::new();
+    let mut plans =
+        std::pin::pin!(scan::plan_stream(&store, &engine, filter.as_ref(), &opts).await);
+    while let Some(row_plans) = plans.next().await {
+        let row_plans = row_plans.context("scanning the table")?;
+        if args.dry_run {
+            shown.extend(row_plans.iter().cloned());
+        }
+        enqueuer.add(row_plans).await.context("enqueueing")?;
+    }
+    let mut summary = enqueuer.finish().await.context("enqueueing")?;
     if args.dry_run {
-        print_plan(&plans, args.output)?;
+        shown.sort_by(|a, b| a.key.cmp(&b.key));
+        print_plan(&shown, args.output)?;
     }
     let scaled = if args.dry_run {
         None

@@ -44,12 +44,62 @@ pub async fn apply(
     dry_run: bool,
     started: Instant,
 ) -> Result<RunSummary, EnqueueError> {
-    let mut summary = RunSummary {
-        rows_scanned: plans.len() as u64,
-        ..RunSummary::default()
-    };
-    let mut jobs: Vec<(Job, &RowPlan)> = Vec::new();
-    for rp in plans {
+    let mut enqueuer = Enqueuer::new(store, queue, dry_run);
+    enqueuer.add(plans.to_vec()).await?;
+    let mut summary = enqueuer.finish().await?;
+    summary.seconds = started.elapsed().as_secs_f64();
+    Ok(summary)
+}
+
+/// Applies plans as they arrive (a streaming scan), sending jobs a batch at
+/// a time, so only one batch of jobs is ever held.
+#[derive(Debug)]
+pub struct Enqueuer<'a> {
+    store: &'a Store,
+    queue: Option<&'a Queue>,
+    dry_run: bool,
+    summary: RunSummary,
+    /// Jobs waiting for a full batch, with the plan each came from.
+    jobs: Vec<(Job, RowPlan)>,
+}
+
+impl<'a> Enqueuer<'a> {
+    pub fn new(store: &'a Store, queue: Option<&'a Queue>, dry_run: bool) -> Enqueuer<'a> {
+        Enqueuer {
+            store,
+            queue,
+            dry_run,
+            summary: RunSummary::default(),
+            jobs: Vec::new(),
+        }
+    }
+
+    /// Apply `plans`: record what they say on their rows, and send every
+    /// full batch of jobs.
+    pub async fn add(&mut self, plans: Vec<RowPlan>) -> Result<(), EnqueueError> {
+        for rp in plans {
+            self.record(rp).await;
+            while self.jobs.len() >= SEND_BATCH {
+                let batch: Vec<_> = self.jobs.drain(..SEND_BATCH).collect();
+                self.send(batch).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Send what is left, and say what was done.
+    pub async fn finish(mut self) -> Result<RunSummary, EnqueueError> {
+        let rest = std::mem::take(&mut self.jobs);
+        if !rest.is_empty() {
+            self.send(rest).await?;
+        }
+        Ok(self.summary)
+    }
+
+    /// One plan: row problems and in-sync statuses written, its job kept.
+    async fn record(&mut self, rp: RowPlan) {
+        let (store, dry_run, summary) = (self.store, self.dry_run, &mut self.summary);
+        summary.rows_scanned += 1;
         match &rp.plan {
             Err(reason) => {
                 summary.rows_failed += 1;
@@ -77,7 +127,7 @@ pub async fn apply(
                 if copy.is_empty() && pending.is_empty() {
                     summary.in_sync += 1;
                 }
-                let Some(row) = &rp.row else { continue };
+                let Some(row) = &rp.row else { return };
                 if !dry_run {
                     if row.error.is_some() {
                         note(store.set_row_error(&rp.key, None).await, &rp.key);
@@ -111,57 +161,51 @@ pub async fn apply(
                     if rp.key != job.source {
                         job.row = Some(rp.key.clone());
                     }
-                    jobs.push((job, rp));
+                    self.jobs.push((job, rp));
                 }
             }
         }
     }
-    let count = |jobs: &[(Job, &RowPlan)]| {
-        (
-            jobs.len() as u64,
-            jobs.iter()
-                .map(|(j, _)| j.destinations.len() as u64)
-                .sum::<u64>(),
-        )
-    };
-    if dry_run {
-        (summary.jobs_enqueued, summary.destinations_queued) = count(&jobs);
-    } else {
-        // Claim and send one batch at a time: a controller killed mid-way
-        // leaves at most one batch claimed but unsent, and those rows are
-        // queued again after the hold-off.
-        let mut rest = jobs.into_iter().peekable();
-        while rest.peek().is_some() {
-            let batch: Vec<_> = rest.by_ref().take(SEND_BATCH).collect();
-            let claimed = claim(store, batch, &mut summary).await;
-            if claimed.is_empty() {
-                continue;
-            }
-            if let Some(q) = queue {
-                let bodies: Vec<Job> = claimed.iter().map(|(j, _)| j.clone()).collect();
-                if let Err(e) = q.send(&bodies).await {
-                    release(store, &claimed).await;
-                    return Err(e.into());
-                }
-            }
-            let (j, d) = count(&claimed);
-            summary.jobs_enqueued += j;
-            summary.destinations_queued += d;
+
+    /// Claim and send one batch: a controller killed mid-way leaves at most
+    /// one batch claimed but unsent, and those rows are queued again after
+    /// the hold-off.
+    async fn send(&mut self, batch: Vec<(Job, RowPlan)>) -> Result<(), EnqueueError> {
+        let claimed = if self.dry_run {
+            batch
+        } else {
+            claim(self.store, batch, &mut self.summary).await
+        };
+        if claimed.is_empty() {
+            return Ok(());
         }
+        if !self.dry_run
+            && let Some(q) = self.queue
+        {
+            let bodies: Vec<Job> = claimed.iter().map(|(j, _)| j.clone()).collect();
+            if let Err(e) = q.send(&bodies).await {
+                release(self.store, &claimed).await;
+                return Err(e.into());
+            }
+        }
+        self.summary.jobs_enqueued += claimed.len() as u64;
+        self.summary.destinations_queued += claimed
+            .iter()
+            .map(|(j, _)| j.destinations.len() as u64)
+            .sum::<u64>();
+        Ok(())
     }
-    summary.seconds = started.elapsed().as_secs_f64();
-    Ok(summary)
 }
 
 /// Mark each job's destinations queued, conditional on nobody having queued
 /// them since the scan; keep only what this controller claimed. Another
 /// controller running at the same time (or a restarted one) then never
 /// sends a second job for the same destination.
-async fn claim<'a>(
+async fn claim(
     store: &Store,
-    jobs: Vec<(Job, &'a RowPlan)>,
+    jobs: Vec<(Job, RowPlan)>,
     summary: &mut RunSummary,
-) -> Vec<(Job, &'a RowPlan)> {
+) -> Vec<(Job, RowPlan)> {
     let now = now_rfc3339();
     let mut claimed = Vec::with_capacity(jobs.len());
     for (mut job, rp) in jobs {
@@ -197,7 +241,7 @@ async fn claim<'a>(
 
 /// Give claims back when their jobs could not be sent, so the next run does
 /// not wait out the hold-off for them.
-async fn release(store: &Store, claimed: &[(Job, &RowPlan)]) {
+async fn release(store: &Store, claimed: &[(Job, RowPlan)]) {
     for (job, rp) in claimed {
         let Some(row) = &rp.row else { continue };
         for d in &job.destinations {

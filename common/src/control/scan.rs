@@ -1,15 +1,21 @@
 //! The controller's first half: read every row, HEAD each source and
 //! destination (HEAD does not count against Docker Hub's pull limit), and
 //! decide with [`crate::control::plan::plan`].
+//!
+//! Rows are planned as the scan's pages arrive ([`plan_stream`]), so probing
+//! overlaps scanning, and at most `concurrency` rows are in hand at once:
+//! memory is bounded by the page size and the concurrency, not the table.
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use futures_util::{Stream, StreamExt as _};
 use tokio::sync::Semaphore;
 
 use crate::control::plan::{
     Plan, Probe, known_subset_digest, plan, plan_with_referrers, without_probes,
 };
-use crate::control::table::Row;
+use crate::control::table::{Row, ScannedRow};
 use crate::copy::Engine;
 use crate::oci::reference::Reference;
 use crate::registry::Role;
@@ -97,6 +103,9 @@ pub struct ScanOptions {
     /// index and cosign's) at both ends, so a signature added later to an
     /// unchanged image is copied: four HEADs per image and destination.
     pub check_referrers: bool,
+    /// Strongly consistent scan reads (twice the read units). Not needed
+    /// for correctness: every write the controller makes is conditional.
+    pub consistent: bool,
 }
 
 impl Default for ScanOptions {
@@ -106,15 +115,18 @@ impl Default for ScanOptions {
             concurrency: 16,
             requeue_after: crate::control::plan::DEFAULT_REQUEUE_AFTER,
             check_referrers: false,
+            consistent: false,
         }
     }
 }
 
 /// What every row's planning shares.
+#[derive(Clone)]
 struct Ctx<'a> {
     engine: &'a Engine,
     filter: Option<&'a EventFilter>,
-    limit: &'a Semaphore,
+    /// Bounds the HEADs in flight, across rows and a repository row's images.
+    limit: Arc<Semaphore>,
     opts: &'a ScanOptions,
 }
 
@@ -153,60 +165,87 @@ pub async fn probe(engine: &Engine, r: &Reference, role: Role) -> Probe {
     }
 }
 
-/// Scan the table and plan every row (or only those an event concerns).
+/// Scan the table and plan every row (or only those an event concerns),
+/// all at once, in key order: for callers that need the whole plan (a dry
+/// run's table, local `sync`). The controller streams with [`plan_stream`].
 pub async fn scan(
     store: &Store,
     engine: &Engine,
     filter: Option<&EventFilter>,
     opts: &ScanOptions,
 ) -> Result<Vec<RowPlan>, StoreError> {
-    let rows = store.scan(opts.segments).await?;
-    let limit = Semaphore::new(opts.concurrency.max(1));
+    let mut plans = Vec::new();
+    let mut stream = std::pin::pin!(plan_stream(store, engine, filter, opts).await);
+    while let Some(p) = stream.next().await {
+        plans.extend(p?);
+    }
+    plans.sort_by(|a, b| a.key.cmp(&b.key));
+    Ok(plans)
+}
+
+/// Plan rows as the scan reads them: each item is one row's plans (a
+/// repository row has one per image; a row an event does not concern has
+/// none), in no particular order. At most `opts.concurrency` rows are
+/// planned at once, and the scan reads only a page per segment ahead.
+pub async fn plan_stream<'a>(
+    store: &'a Store,
+    engine: &'a Engine,
+    filter: Option<&'a EventFilter>,
+    opts: &'a ScanOptions,
+) -> impl Stream<Item = Result<Vec<RowPlan>, StoreError>> + 'a {
     let ctx = Ctx {
         engine,
         filter,
-        limit: &limit,
+        limit: Arc::new(Semaphore::new(opts.concurrency.max(1))),
         opts,
     };
-    let ctx = &ctx;
-    let mut checks = Vec::new();
-    for scanned in rows {
-        checks.push(async move {
-            let key = scanned.key;
-            let row = match scanned.row {
-                Ok(r) => r,
-                Err(reason) => {
-                    return vec![RowPlan {
-                        key,
-                        row: None,
-                        plan: Err(reason),
-                    }];
-                }
-            };
-            if row.mirror.select.is_none()
-                && let Some(f) = ctx.filter
-                && !f.concerns(&row.mirror.source)
-            {
-                return Vec::new();
-            }
-            if let Some(p) = without_probes(&row) {
-                return vec![RowPlan {
-                    key,
-                    plan: Ok(p),
-                    row: Some(row),
-                }];
-            }
-            if row.mirror.select.is_some() {
-                return plan_repository(ctx, key, row).await;
-            }
-            vec![plan_image(ctx, key, row).await]
-        });
-    }
-    Ok(futures_util::future::join_all(checks)
+    let rows = store
+        .pages(opts.segments, opts.consistent)
         .await
-        .into_iter()
-        .flatten()
-        .collect())
+        .flat_map(|page| {
+            let rows: Vec<Result<ScannedRow, StoreError>> = match page {
+                Ok(rows) => rows.into_iter().map(Ok).collect(),
+                Err(e) => vec![Err(e)],
+            };
+            futures_util::stream::iter(rows)
+        });
+    rows.map(move |row| {
+        let ctx = ctx.clone();
+        async move { Ok(plan_row(&ctx, row?).await) }
+    })
+    .buffer_unordered(opts.concurrency.max(1))
+}
+
+/// One row's plans.
+async fn plan_row(ctx: &Ctx<'_>, scanned: ScannedRow) -> Vec<RowPlan> {
+    let key = scanned.key;
+    let row = match scanned.row {
+        Ok(r) => r,
+        Err(reason) => {
+            return vec![RowPlan {
+                key,
+                row: None,
+                plan: Err(reason),
+            }];
+        }
+    };
+    if row.mirror.select.is_none()
+        && let Some(f) = ctx.filter
+        && !f.concerns(&row.mirror.source)
+    {
+        return Vec::new();
+    }
+    if let Some(p) = without_probes(&row) {
+        return vec![RowPlan {
+            key,
+            plan: Ok(p),
+            row: Some(row),
+        }];
+    }
+    if row.mirror.select.is_some() {
+        return plan_repository(ctx, key, row).await;
+    }
+    vec![plan_image(ctx, key, row).await]
 }
 
 /// HEAD one image's source and destinations, and plan it.

@@ -128,54 +128,64 @@ impl DynamoStore {
         }
     }
 
-    /// Scan every page of every segment, in parallel segments.
+    /// Scan every page of every segment, in parallel segments, into one
+    /// list (strongly consistent reads): for callers that need the whole
+    /// table at once. The controller streams with [`DynamoStore::pages`].
     pub async fn scan(&self, segments: u32) -> Result<Vec<ScannedRow>, StoreError> {
+        use futures_util::StreamExt as _;
+        let mut pages = self.pages(segments, true);
+        let mut all = Vec::new();
+        while let Some(page) = pages.next().await {
+            all.extend(page?);
+        }
+        all.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(all)
+    }
+
+    /// The table's pages as they are read, `segments` in parallel. Each
+    /// segment reads at most one page ahead of the consumer, so memory is
+    /// bounded by the page size and the segments, not by the table.
+    /// `consistent` asks for strongly consistent reads (twice the read
+    /// units); the controller does not need them, because every write it
+    /// makes is conditional on what it read.
+    pub fn pages(&self, segments: u32, consistent: bool) -> super::Pages {
         let segments = segments.max(1);
-        let mut tasks = Vec::new();
+        let (tx, rx) = tokio::sync::mpsc::channel(segments as usize);
         for seg in 0..segments {
-            let client = self.client.clone();
-            let table = self.table.clone();
-            let limit = self.page_size;
-            tasks.push(tokio::spawn(async move {
-                let mut rows = Vec::new();
+            let (client, store, tx) = (self.client.clone(), self.clone(), tx.clone());
+            tokio::spawn(async move {
                 let mut start: Option<HashMap<String, AttributeValue>> = None;
                 loop {
                     let mut req = client
                         .scan()
-                        .table_name(&table)
-                        .consistent_read(true)
-                        .set_limit(limit);
+                        .table_name(&store.table)
+                        .consistent_read(consistent)
+                        .set_limit(store.page_size);
                     if segments > 1 {
                         req = req.segment(seg as i32).total_segments(segments as i32);
                     }
-                    let out = req.set_exclusive_start_key(start.take()).send().await?;
-                    for item in out.items() {
-                        rows.push(row_from_item(item));
+                    let out = match req.set_exclusive_start_key(start.take()).send().await {
+                        Ok(out) => out,
+                        Err(e) => {
+                            let _ = tx.send(Err(store.sdk_err(Some("scan failed"), e))).await;
+                            return;
+                        }
+                    };
+                    let rows = out.items().iter().map(row_from_item).collect();
+                    // The consumer stopped (an error, or a shutdown): so do we.
+                    if tx.send(Ok(rows)).await.is_err() {
+                        return;
                     }
                     match out.last_evaluated_key() {
                         Some(k) if !k.is_empty() => start = Some(k.clone()),
-                        _ => break,
+                        _ => return,
                     }
                 }
-                Ok::<
-                    _,
-                    aws_sdk_dynamodb::error::SdkError<
-                        aws_sdk_dynamodb::operation::scan::ScanError,
-                        aws_sdk_dynamodb::config::http::HttpResponse,
-                    >,
-                >(rows)
-            }));
+            });
         }
-        let mut all = Vec::new();
-        for t in tasks {
-            let rows = t
-                .await
-                .map_err(|e| self.err(format!("scan task failed: {e}")))?
-                .map_err(|e| self.sdk_err(Some("scan failed"), e))?;
-            all.extend(rows);
-        }
-        all.sort_by(|a, b| a.key.cmp(&b.key));
-        Ok(all)
+        Box::pin(futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|page| (page, rx))
+        }))
     }
 
     pub async fn get(&self, source: &str) -> Result<Option<ScannedRow>, StoreError> {

@@ -23,6 +23,9 @@ use crate::error::Cause;
 
 use crate::control::table::status::Guard;
 
+/// Rows per page of a file's table.
+const FILE_PAGE: usize = 100;
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// `message` says what failed, with its causes' words; the SDK's error
@@ -44,6 +47,10 @@ pub enum StoreError {
     Table(#[from] crate::control::table::TableError),
 }
 
+/// The table's rows a page at a time, as a scan reads them.
+pub type Pages =
+    std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<Vec<ScannedRow>, StoreError>> + Send>>;
+
 /// The mirror table, wherever it lives.
 #[derive(Debug)]
 pub enum Store {
@@ -56,6 +63,23 @@ impl Store {
         match self {
             Store::Dynamo(d) => d.scan(segments).await,
             Store::File(f) => Ok(f.scan().await),
+        }
+    }
+
+    /// The rows a page at a time, as they are read (see [`DynamoStore::pages`]);
+    /// a file is read whole, then handed out in pages of the same kind.
+    pub async fn pages(&self, segments: u32, consistent: bool) -> Pages {
+        match self {
+            Store::Dynamo(d) => d.pages(segments, consistent),
+            Store::File(f) => {
+                let mut rows = f.scan().await.into_iter();
+                let pages: Vec<Result<Vec<ScannedRow>, StoreError>> = std::iter::from_fn(|| {
+                    let page: Vec<ScannedRow> = rows.by_ref().take(FILE_PAGE).collect();
+                    (!page.is_empty()).then_some(Ok(page))
+                })
+                .collect();
+                Box::pin(futures_util::stream::iter(pages))
+            }
         }
     }
 
