@@ -252,9 +252,13 @@ pub async fn main(args: TableArgs) -> anyhow::Result<Exit> {
             for (i, m) in mirrors.iter().enumerate() {
                 fits_in_an_item(m).with_context(|| format!("{name}: mirror {}", i + 1))?;
             }
-            for m in &mirrors {
-                store.put_mirror(m).await?;
-            }
+            // New rows in batches of 25, existing ones updated in place.
+            let imported = store.put_mirrors(&mirrors).await?;
+            tracing::info!(
+                created = imported.created,
+                updated = imported.updated,
+                "table import"
+            );
             println!("imported {} mirrors", mirrors.len());
         }
         TableCommand::Export { format } => {

@@ -120,3 +120,62 @@ async fn pages_of_three_over_four_segments_plan_as_one_page_does() {
     assert_eq!(s["rows_failed"], 1, "{s}");
     assert_eq!(queue_depth(&stack, &queue).await, 12);
 }
+
+/// `table import` writes new rows in batches and updates rows that exist
+/// in place: their status (written by a controller run) survives a
+/// re-import, and every row of the file is there after it.
+#[tokio::test]
+async fn import_batches_new_rows_and_keeps_the_status_of_existing_ones() {
+    let stack = Stack::get();
+    let (env, _, _) = control_setup(&stack, "mf-import", &[&stack.src, &stack.dst], 3).await;
+    let repo = unique("import");
+    push_image(&stack, &repo, "v1").await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = |n: usize| {
+        let mut yaml = String::from("mirrors:\n");
+        for i in 0..n {
+            // Row 0 is the real image; the others are rows for tags that do not exist.
+            let tag = if i == 0 {
+                "v1".to_string()
+            } else {
+                format!("t{i}")
+            };
+            yaml.push_str(&format!(
+                "  - source: {}/{repo}:{tag}\n    destinations: [{}/{repo}:{tag}]\n",
+                stack.src, stack.dst
+            ));
+        }
+        let p = dir.path().join(format!("m{n}.yaml"));
+        std::fs::write(&p, yaml).unwrap();
+        p.to_str().unwrap().to_string()
+    };
+    // 60 rows: three batches of 25, the last one short.
+    let (code, out, err) = run_env(
+        "mirrorfleet-controller",
+        &["table", "import", &file(60)],
+        &env,
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(out.trim_end(), "imported 60 mirrors");
+    assert_eq!(table_ls_json(&env).len(), 60);
+    // A run records row 0's status: queued.
+    let (code, out, err) = run_env("mirrorfleet-controller", &["run"], &env);
+    assert_eq!(code, 1, "the rows whose source is missing fail: {out}{err}");
+    let source = format!("{}/{repo}:v1", stack.src);
+    let state = |rows: &[Value]| {
+        rows.iter()
+            .find(|r| r["source"] == source.as_str())
+            .map(|r| r["state"].clone())
+    };
+    assert_eq!(state(&table_ls_json(&env)), Some(Value::from("queued")));
+    // Re-imported with 10 more: 70 rows, row 0 still queued.
+    let (code, out, err) = run_env(
+        "mirrorfleet-controller",
+        &["table", "import", &file(70)],
+        &env,
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let rows = table_ls_json(&env);
+    assert_eq!(rows.len(), 70);
+    assert_eq!(state(&rows), Some(Value::from("queued")), "{rows:#?}");
+}

@@ -66,6 +66,14 @@ impl DynamoStore {
         self
     }
 
+    pub(super) fn client(&self) -> &aws_sdk_dynamodb::Client {
+        &self.client
+    }
+
+    pub(super) fn table(&self) -> &str {
+        &self.table
+    }
+
     pub(super) fn err(&self, message: String) -> StoreError {
         StoreError::Dynamo {
             table: self.table.clone(),
@@ -202,64 +210,21 @@ impl DynamoStore {
     }
 
     /// Add or replace a mirror's user fields, keeping its status.
+    /// Write a row's mirror fields with `UpdateItem`, keeping its status and
+    /// any attribute of the user's own.
     pub async fn put_mirror(&self, m: &Mirror) -> Result<(), StoreError> {
-        let mut set = vec!["destinations = :d", "enabled = :e"];
-        let mut remove = Vec::new();
+        let (set, remove) = mirror_attributes(m);
         let mut req = self
             .client
             .update_item()
             .table_name(&self.table)
-            .key("source", s(m.key()))
-            .expression_attribute_values(
-                ":d",
-                AttributeValue::L(m.destination_names().into_iter().map(s).collect()),
-            )
-            .expression_attribute_values(":e", AttributeValue::Bool(m.enabled));
-        match m.overwrite {
-            Some(o) => {
-                set.push("overwrite = :o");
-                req = req.expression_attribute_values(":o", AttributeValue::Bool(o));
-            }
-            None => remove.push("overwrite"),
+            .key("source", s(m.key()));
+        let mut assign = Vec::with_capacity(set.len());
+        for (name, value) in set {
+            assign.push(format!("{name} = :{name}"));
+            req = req.expression_attribute_values(format!(":{name}"), value);
         }
-        match &m.select {
-            Some(sel) => {
-                set.push("tags = :t");
-                let rules = serde_json::to_value(&sel.tags).unwrap_or_default();
-                req = req.expression_attribute_values(":t", json_to_attr(&rules));
-            }
-            None => remove.push("tags"),
-        }
-        match m.select.as_ref().and_then(|sel| sel.repositories.as_ref()) {
-            Some(rules) => {
-                set.push("repositories = :r");
-                let rules = serde_json::to_value(rules).unwrap_or_default();
-                req = req.expression_attribute_values(":r", json_to_attr(&rules));
-            }
-            None => remove.push("repositories"),
-        }
-        match m.select.as_ref().and_then(|sel| sel.strip.as_ref()) {
-            Some(strip) => {
-                set.push("strip = :s");
-                req = req.expression_attribute_values(":s", s(strip.clone()));
-            }
-            None => remove.push("strip"),
-        }
-        if m.platforms.is_empty() {
-            remove.push("platforms");
-        } else {
-            set.push("platforms = :p");
-            let list = m.platforms.iter().map(|p| s(p.to_string())).collect();
-            req = req.expression_attribute_values(":p", AttributeValue::L(list));
-        }
-        match m.expires {
-            Some(x) => {
-                set.push("expires = :x");
-                req = req.expression_attribute_values(":x", AttributeValue::N(x.to_string()));
-            }
-            None => remove.push("expires"),
-        }
-        let mut expr = format!("SET {}", set.join(", "));
+        let mut expr = format!("SET {}", assign.join(", "));
         if !remove.is_empty() {
             expr.push_str(&format!(" REMOVE {}", remove.join(", ")));
         }
@@ -404,4 +369,51 @@ impl DynamoStore {
             Err(e) => Err(self.sdk_err(None, e)),
         }
     }
+}
+
+/// The attributes a mirror is stored as (none of them a DynamoDB reserved
+/// word), and the optional ones it does not have.
+pub(super) fn mirror_attributes(
+    m: &Mirror,
+) -> (Vec<(&'static str, AttributeValue)>, Vec<&'static str>) {
+    let mut set = vec![
+        (
+            "destinations",
+            AttributeValue::L(m.destination_names().into_iter().map(s).collect()),
+        ),
+        ("enabled", AttributeValue::Bool(m.enabled)),
+    ];
+    let mut remove = Vec::new();
+    let mut optional = |name: &'static str, value: Option<AttributeValue>| match value {
+        Some(v) => set.push((name, v)),
+        None => remove.push(name),
+    };
+    optional("overwrite", m.overwrite.map(AttributeValue::Bool));
+    optional(
+        "tags",
+        m.select
+            .as_ref()
+            .map(|sel| json_to_attr(&serde_json::to_value(&sel.tags).unwrap_or_default())),
+    );
+    optional(
+        "repositories",
+        m.select
+            .as_ref()
+            .and_then(|sel| sel.repositories.as_ref())
+            .map(|r| json_to_attr(&serde_json::to_value(r).unwrap_or_default())),
+    );
+    optional(
+        "strip",
+        m.select.as_ref().and_then(|sel| sel.strip.clone()).map(s),
+    );
+    optional(
+        "platforms",
+        (!m.platforms.is_empty())
+            .then(|| AttributeValue::L(m.platforms.iter().map(|p| s(p.to_string())).collect())),
+    );
+    optional(
+        "expires",
+        m.expires.map(|x| AttributeValue::N(x.to_string())),
+    );
+    (set, remove)
 }

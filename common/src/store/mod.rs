@@ -4,14 +4,16 @@
 //! Status is written per destination with `UpdateItem` on the `status.<dest>`
 //! path, conditional on the row still existing, so the user's own fields are
 //! never overwritten and a row deleted while its job was queued is not
-//! brought back.
+//! brought back. `table import` writes new rows in batches (`batch`).
 
+mod batch;
 mod dynamo;
 mod file;
 mod item;
 #[cfg(test)]
 mod tests;
 
+pub use batch::Imported;
 pub use dynamo::DynamoStore;
 pub use file::FileStore;
 pub use item::row_from_item;
