@@ -84,6 +84,7 @@ async fn the_stack_creates_what_the_fleet_uses_and_the_fleet_runs_on_it() {
         ("DeadLetterQueue", "AWS::SQS::Queue"),
         ("ComputeEnvironment", "AWS::Batch::ComputeEnvironment"),
         ("BatchJobQueue", "AWS::Batch::JobQueue"),
+        ("EventJobQueue", "AWS::Batch::JobQueue"),
         ("ControllerJobDefinition", "AWS::Batch::JobDefinition"),
         ("ControllerEventJobDefinition", "AWS::Batch::JobDefinition"),
         ("WorkerJobDefinition", "AWS::Batch::JobDefinition"),

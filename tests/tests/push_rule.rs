@@ -7,7 +7,8 @@
 //! for its row; the same repository's other tag, another repository with the
 //! same tag, and the same repository and tag on another registry are left
 //! alone. Events the rule must ignore (a delete, a failed push, a scan
-//! result) do not match its pattern.
+//! result, an untagged push, and with a `RepositoryPrefix` the fleet's own
+//! pushes under it) do not match its pattern.
 //!
 //! moto 5.2.5's `TestEventPattern` is a stub (an empty answer), and its
 //! InputTransformer inserts strings without quotes, unlike EventBridge, so
@@ -33,17 +34,73 @@ fn matches(pattern: &Value, event: &Value) -> bool {
         Value::Object(fields) => fields
             .iter()
             .all(|(k, p)| event.get(k).is_some_and(|e| matches(p, e))),
-        Value::Array(options) => {
-            assert!(
-                options.iter().all(|o| !o.is_object() && !o.is_array()),
-                "only plain value lists are implemented here: {pattern}"
-            );
-            match event {
-                Value::Array(items) => items.iter().any(|i| options.contains(i)),
-                e => options.contains(e),
+        Value::Array(options) => options.iter().any(|o| match o {
+            // The field is there (`matches` was only called because it is).
+            Value::Object(m) if m.get("exists") == Some(&Value::Bool(true)) => true,
+            Value::Object(m) if m.contains_key("anything-but") => {
+                let prefix = m["anything-but"]["prefix"]
+                    .as_str()
+                    .unwrap_or_else(|| panic!("only anything-but prefix is implemented: {o}"));
+                event.as_str().is_some_and(|e| !e.starts_with(prefix))
+            }
+            Value::Object(_) | Value::Array(_) => panic!("not implemented here: {o}"),
+            plain => match event {
+                Value::Array(items) => items.contains(plain),
+                e => e == plain,
+            },
+        }),
+        other => panic!("not an EventBridge pattern: {other}"),
+    }
+}
+
+/// A template value as JSON, with `!If` on the template's conditions and
+/// `!Ref RepositoryPrefix` resolved for `prefix`.
+fn pattern_json(doc: &Yaml, v: &Yaml, prefix: &str) -> Value {
+    match v {
+        Yaml::Tagged(t) => {
+            let tag = t.tag.to_string();
+            match tag.trim_start_matches('!') {
+                "If" => {
+                    let args = t.value.as_sequence().unwrap();
+                    let name = args[0].as_str().unwrap();
+                    let branch = if truth(doc, &doc["Conditions"][name], prefix) {
+                        &args[1]
+                    } else {
+                        &args[2]
+                    };
+                    pattern_json(doc, branch, prefix)
+                }
+                "Ref" if t.value.as_str() == Some("RepositoryPrefix") => json!(prefix),
+                other => panic!("!{other} is not resolved in a pattern by this test"),
             }
         }
-        other => panic!("not an EventBridge pattern: {other}"),
+        Yaml::Mapping(m) => Value::Object(
+            m.iter()
+                .map(|(k, v)| {
+                    (
+                        k.as_str().unwrap().to_string(),
+                        pattern_json(doc, v, prefix),
+                    )
+                })
+                .collect(),
+        ),
+        Yaml::Sequence(items) => {
+            Value::Array(items.iter().map(|i| pattern_json(doc, i, prefix)).collect())
+        }
+        plain => serde_json::to_value(plain).unwrap(),
+    }
+}
+
+/// A condition of the template (`!Not`, `!Equals`, `!Ref RepositoryPrefix`).
+fn truth(doc: &Yaml, v: &Yaml, prefix: &str) -> bool {
+    let Yaml::Tagged(t) = v else {
+        panic!("not a condition: {v:?}")
+    };
+    let args = t.value.as_sequence().cloned().unwrap_or_default();
+    match t.tag.to_string().trim_start_matches('!') {
+        "Not" => !truth(doc, &args[0], prefix),
+        "Equals" => pattern_json(doc, &args[0], prefix) == pattern_json(doc, &args[1], prefix),
+        other => panic!("!{other} is not evaluated by this test"),
     }
 }
 
@@ -173,7 +230,10 @@ async fn the_push_rule_hands_the_sample_push_event_to_a_controller_run_of_that_i
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../cloudformation/mirrorfleet.yaml");
     let doc: Yaml = serde_norway::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
     let rule = &resource(&doc, "EcrPushRule")["Properties"];
-    let pattern = serde_json::to_value(&rule["EventPattern"]).unwrap();
+    // The pattern as deployed with the default parameters (no prefix), and
+    // with a RepositoryPrefix (the fleet's own pushes excluded).
+    let pattern = pattern_json(&doc, &rule["EventPattern"], "");
+    let prefixed = pattern_json(&doc, &rule["EventPattern"], "mirror/");
     let targets = rule["Targets"].as_sequence().unwrap();
     assert_eq!(targets.len(), 1, "{targets:?}");
     let target = &targets[0];
@@ -219,6 +279,23 @@ async fn the_push_rule_hands_the_sample_push_event_to_a_controller_run_of_that_i
         matches(&pattern, &event),
         "{pattern} does not match {event}"
     );
+    assert!(
+        matches(&prefixed, &event),
+        "{prefixed} does not match {event}"
+    );
+    let mut own = event.clone();
+    own["detail"]["repository-name"] = json!(format!("mirror/{repo}"));
+    assert!(matches(&pattern, &own));
+    assert!(
+        !matches(&prefixed, &own),
+        "the fleet's own push matches {prefixed}"
+    );
+    let mut untagged = event.clone();
+    untagged["detail"]
+        .as_object_mut()
+        .unwrap()
+        .remove("image-tag");
+    assert!(!matches(&pattern, &untagged) && !matches(&prefixed, &untagged));
     for (field, value) in [
         ("/detail/action-type", "DELETE"),
         ("/detail/result", "FAILURE"),
