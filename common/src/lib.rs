@@ -16,7 +16,7 @@
 //! - [`control::select`]: which tags (`tags`, version ranges in `versions`)
 //!   and repositories (`repos`, `glob`) a many-image row takes.
 //! - [`store`]: where rows live: DynamoDB (`dynamo`, with the item codec in
-//!   `item`) or, in local mode, a file (`file`); [`store::queue`] holds jobs
+//!   `item` and batched imports in `batch`) or, in local mode, a file (`file`); [`store::queue`] holds jobs
 //!   in SQS or in memory.
 //!
 //! **Plan** (the controller):
