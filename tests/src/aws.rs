@@ -13,6 +13,18 @@ pub fn moto_env(stack: &Stack) -> Vec<(&'static str, String)> {
     ]
 }
 
+/// [`moto_env`], with the AWS calls sent to `endpoint` instead (a gate in
+/// front of moto).
+pub fn moto_env_via(stack: &Stack, endpoint: &str) -> Vec<(&'static str, String)> {
+    let mut env = moto_env(stack);
+    for (k, v) in &mut env {
+        if *k == "AWS_ENDPOINT_URL" {
+            *v = endpoint.to_string();
+        }
+    }
+    env
+}
+
 macro_rules! moto_client {
     ($name:ident, $krate:ident) => {
         /// A client for moto, configured explicitly (no process environment).

@@ -818,12 +818,6 @@ impl EcrFront {
 
     /// The AWS environment of the process: moto, through the gate.
     pub fn env(&self, stack: &crate::Stack) -> Vec<(&'static str, String)> {
-        let mut env = crate::moto_env(stack);
-        for (k, v) in &mut env {
-            if *k == "AWS_ENDPOINT_URL" {
-                *v = self.gate.url.clone();
-            }
-        }
-        env
+        crate::moto_env_via(stack, &self.gate.url)
     }
 }

@@ -230,12 +230,7 @@ async fn only_the_stacks_settings_parameter_may_be_read() {
         let gate = AwsGate::start(&stack.moto, policy).unwrap();
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         for (name, allowed) in [(&granted, true), (&other, false)] {
-            let mut env = moto_env(&stack);
-            for (k, v) in &mut env {
-                if *k == "AWS_ENDPOINT_URL" {
-                    *v = gate.url.clone();
-                }
-            }
+            let mut env = moto_env_via(&stack, &gate.url);
             env.push(("MIRRORFLEET_REGISTRIES", format!("ssm:{name}")));
             let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
             let (code, out, err) = run_bin_off(bin, &args, &env).await;

@@ -24,12 +24,7 @@ fn emf_lines(stderr: &str, component: &str) -> Vec<Value> {
 
 fn create_stack(stack: &Stack, name: &str, settings_parameter: &str) -> Value {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let venv = std::env::var("MIRRORFLEET_VENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| {
-            PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/mirrorfleet-venv")
-        });
-    let out = Command::new(venv.join("bin/python"))
+    let out = Command::new(mirrorfleet_tests::moto::venv_python())
         .arg(root.join("scripts/moto_stack.py"))
         .arg(&stack.moto)
         .arg(name)

@@ -123,12 +123,7 @@ fn create(params: Value, external_id: &str) -> Value {
     params["RoleName"] = json!(role_name);
     params["FleetRoleArns"] = json!(fleet_roles().join(","));
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let venv = std::env::var("MIRRORFLEET_VENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| {
-            PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/mirrorfleet-venv")
-        });
-    let out = Command::new(venv.join("bin/python"))
+    let out = Command::new(mirrorfleet_tests::moto::venv_python())
         .args(["-c", CREATE, &stack.moto, &name])
         .arg(root.join("cloudformation/mirror-role.yaml"))
         .args([params.to_string().as_str(), external_id])

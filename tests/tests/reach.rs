@@ -93,12 +93,7 @@ async fn copy(
     src: &str,
     dests: &str,
 ) -> (i32, String) {
-    let mut env = moto_env(stack);
-    for (k, v) in &mut env {
-        if *k == "AWS_ENDPOINT_URL" {
-            *v = gate.url.clone();
-        }
-    }
+    let mut env = moto_env_via(stack, &gate.url);
     env.push(("MIRRORFLEET_REGISTRIES", settings.display().to_string()));
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let (code, out, err) = run_bin_off("mirrorfleet-worker", &["copy", src, dests], &env).await;

@@ -160,11 +160,12 @@ impl DynamoStore {
         let segments = segments.max(1);
         let (tx, rx) = tokio::sync::mpsc::channel(segments as usize);
         for seg in 0..segments {
-            let (client, store, tx) = (self.client.clone(), self.clone(), tx.clone());
+            let (store, tx) = (self.clone(), tx.clone());
             tokio::spawn(async move {
                 let mut start: Option<HashMap<String, AttributeValue>> = None;
                 loop {
-                    let mut req = client
+                    let mut req = store
+                        .client
                         .scan()
                         .table_name(&store.table)
                         .consistent_read(consistent)
