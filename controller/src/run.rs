@@ -127,6 +127,7 @@ async fn run(args: RunArgs) -> anyhow::Result<Exit> {
         requeue_after: args.requeue_after,
         check_referrers: args.check_referrers,
         consistent: args.consistent_scan,
+        reindex: !args.dry_run && filter.is_none(),
     };
     // Rows are planned and enqueued as the scan reads them: memory stays
     // bounded by the page size and the concurrency, whatever the table's

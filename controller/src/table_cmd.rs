@@ -145,15 +145,17 @@ pub async fn main(args: TableArgs) -> anyhow::Result<Exit> {
     let store = DynamoStore::new(&name).await;
     match args.command {
         TableCommand::Create => {
-            let created = store.create_table().await?;
-            println!(
-                "{}",
-                if created {
-                    format!("created table {name}")
-                } else {
-                    format!("table {name} already exists")
-                }
-            );
+            use mirrorfleet_common::store::Created;
+            let said = match store.create_table().await? {
+                Created::Table => format!("created table {name}"),
+                Created::Index => format!(
+                    "table {name} already exists; added its source index {} (rows written \
+                     before it are indexed by the next scheduled controller run)",
+                    mirrorfleet_common::store::index::INDEX
+                ),
+                Created::Nothing => format!("table {name} already exists"),
+            };
+            println!("{said}");
         }
         TableCommand::Add {
             source,

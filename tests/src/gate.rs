@@ -9,6 +9,9 @@
 //! - `secretsmanager:GetSecretValue` on the secret (its ARN, or its name);
 //! - `sts:AssumeRole` on the role's ARN (the query protocol's form body).
 //!
+//! DynamoDB calls are logged (action and table) and passed through, so a
+//! test can count what a run asked for.
+//!
 //! A refused JSON call gets `AccessDeniedException` as the AWS JSON protocol
 //! answers it; a refused `AssumeRole` gets STS's XML `AccessDenied`. Other
 //! services pass through. Keys handed out by an allowed `AssumeRole` act as
@@ -235,6 +238,21 @@ impl Gate {
             .map(str::to_string);
         if let Some(op) = &ecr_op {
             remember_exclusions(op, &serde_json::from_slice(&body).unwrap_or_default());
+        }
+        // DynamoDB is counted, not gated: the template names its table by
+        // `!GetAtt`, which the policy evaluator leaves unresolved.
+        if let Some(op) = target.strip_prefix("DynamoDB_20120810.") {
+            let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+            let table = v["TableName"].as_str().map(str::to_string).or_else(|| {
+                let items = v.get("RequestItems")?.as_object()?;
+                items.keys().next().cloned()
+            });
+            self.calls.lock().unwrap().push(Call {
+                action: format!("dynamodb:{op}"),
+                resource: table.unwrap_or_default(),
+                role: policy.as_ref().map_or("unknown", |p| p.role.as_str()).to_string(),
+                allowed: true,
+            });
         }
         let mut assumed_role = None;
         if let Some(asked) = asked(&target, &body, &place) {

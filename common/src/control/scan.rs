@@ -5,6 +5,9 @@
 //! Rows are planned as the scan's pages arrive ([`plan_stream`]), so probing
 //! overlaps scanning, and at most `concurrency` rows are in hand at once:
 //! memory is bounded by the page size and the concurrency, not the table.
+//! An event's rows are looked up in the source index
+//! ([`crate::store::index`]) instead; a scheduled scan keeps that index
+//! current.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -106,6 +109,9 @@ pub struct ScanOptions {
     /// Strongly consistent scan reads (twice the read units). Not needed
     /// for correctness: every write the controller makes is conditional.
     pub consistent: bool,
+    /// Write the source index entry of rows that lack it or hold a stale
+    /// one (a scheduled run; never a dry run).
+    pub reindex: bool,
 }
 
 impl Default for ScanOptions {
@@ -116,6 +122,7 @@ impl Default for ScanOptions {
             requeue_after: crate::control::plan::DEFAULT_REQUEUE_AFTER,
             check_referrers: false,
             consistent: false,
+            reindex: false,
         }
     }
 }
@@ -199,10 +206,18 @@ pub async fn plan_stream<'a>(
         limit: Arc::new(Semaphore::new(opts.concurrency.max(1))),
         opts,
     };
-    let rows = store
-        .pages(opts.segments, opts.consistent)
-        .await
-        .flat_map(|page| {
+    // An event's rows come from the source index; only an event that names
+    // no registry (or a file's table) needs the scan.
+    let pages = match filter.and_then(|f| store.event_pages(f)) {
+        Some(found) => found,
+        None => {
+            if filter.is_some() {
+                tracing::warn!("the event names no registry: scanning the whole table");
+            }
+            store.pages(opts.segments, opts.consistent).await
+        }
+    };
+    let rows = pages.flat_map(|page| {
             let rows: Vec<Result<ScannedRow, StoreError>> = match page {
                 Ok(rows) => rows.into_iter().map(Ok).collect(),
                 Err(e) => vec![Err(e)],
@@ -211,7 +226,19 @@ pub async fn plan_stream<'a>(
         });
     rows.map(move |row| {
         let ctx = ctx.clone();
-        async move { Ok(plan_row(&ctx, row?).await) }
+        async move {
+            let row = row?;
+            if opts.reindex {
+                // The index only speeds up events; a row it misses is still
+                // planned by every scheduled run.
+                match store.keep_indexed(&row).await {
+                    Ok(true) => tracing::debug!(source = %row.key, "indexed the row"),
+                    Ok(false) => {}
+                    Err(e) => tracing::warn!(source = %row.key, error = %e, "cannot index the row"),
+                }
+            }
+            Ok(plan_row(&ctx, row).await)
+        }
     })
     .buffer_unordered(opts.concurrency.max(1))
 }

@@ -18,6 +18,16 @@ use crate::store::row_from_item;
 
 // ---------------------------------------------------------------- DynamoDB
 
+/// What `table create` made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Created {
+    Table,
+    /// The table existed without the source index: the index was added
+    /// (DynamoDB backfills it from the rows' `source_scope`).
+    Index,
+    Nothing,
+}
+
 #[derive(Debug, Clone)]
 pub struct DynamoStore {
     client: aws_sdk_dynamodb::Client,
@@ -98,21 +108,17 @@ impl DynamoStore {
         }
     }
 
-    /// Create the table (on-demand, key `source`); an existing table is fine.
-    pub async fn create_table(&self) -> Result<bool, StoreError> {
+    /// Create the table (on-demand, key `source`, with the source index).
+    /// An existing table is fine; one made before the index gets it added.
+    pub async fn create_table(&self) -> Result<Created, StoreError> {
         use aws_sdk_dynamodb::operation::create_table::CreateTableError;
+        let index = super::index::definition().map_err(|e| self.err(e))?;
         let r = self
             .client
             .create_table()
             .table_name(&self.table)
             .billing_mode(BillingMode::PayPerRequest)
-            .attribute_definitions(
-                AttributeDefinition::builder()
-                    .attribute_name("source")
-                    .attribute_type(ScalarAttributeType::S)
-                    .build()
-                    .map_err(|e| self.err(e.to_string()))?,
-            )
+            .set_attribute_definitions(Some(self.attributes()?))
             .key_schema(
                 KeySchemaElement::builder()
                     .attribute_name("source")
@@ -120,20 +126,73 @@ impl DynamoStore {
                     .build()
                     .map_err(|e| self.err(e.to_string()))?,
             )
+            .global_secondary_indexes(index)
             .send()
             .await;
         match r {
-            Ok(_) => Ok(true),
+            Ok(_) => Ok(Created::Table),
             Err(e)
                 if matches!(
                     e.as_service_error(),
                     Some(CreateTableError::ResourceInUseException(_))
                 ) =>
             {
-                Ok(false)
+                self.add_index().await
             }
             Err(e) => Err(self.sdk_err(Some("cannot create it"), e)),
         }
+    }
+
+    /// The key's and the index's attribute types.
+    fn attributes(&self) -> Result<Vec<AttributeDefinition>, StoreError> {
+        ["source", super::index::ATTRIBUTE]
+            .into_iter()
+            .map(|name| {
+                AttributeDefinition::builder()
+                    .attribute_name(name)
+                    .attribute_type(ScalarAttributeType::S)
+                    .build()
+                    .map_err(|e| self.err(e.to_string()))
+            })
+            .collect()
+    }
+
+    /// Add the source index to an existing table that lacks it.
+    async fn add_index(&self) -> Result<Created, StoreError> {
+        use aws_sdk_dynamodb::types::{CreateGlobalSecondaryIndexAction, GlobalSecondaryIndexUpdate};
+        let described = self
+            .client
+            .describe_table()
+            .table_name(&self.table)
+            .send()
+            .await
+            .map_err(|e| self.sdk_err(Some("cannot describe it"), e))?;
+        let has_index = described.table().is_some_and(|t| {
+            t.global_secondary_indexes()
+                .iter()
+                .any(|i| i.index_name() == Some(super::index::INDEX))
+        });
+        if has_index {
+            return Ok(Created::Nothing);
+        }
+        let index = super::index::definition().map_err(|e| self.err(e))?;
+        let action = CreateGlobalSecondaryIndexAction::builder()
+            .index_name(super::index::INDEX)
+            .set_key_schema(Some(index.key_schema().to_vec()))
+            .set_projection(index.projection().cloned())
+            .build()
+            .map_err(|e| self.err(e.to_string()))?;
+        self.client
+            .update_table()
+            .table_name(&self.table)
+            .set_attribute_definitions(Some(self.attributes()?))
+            .global_secondary_index_updates(
+                GlobalSecondaryIndexUpdate::builder().create(action).build(),
+            )
+            .send()
+            .await
+            .map_err(|e| self.sdk_err(Some("cannot add the source index"), e))?;
+        Ok(Created::Index)
     }
 
     /// Scan every page of every segment, in parallel segments, into one
@@ -383,6 +442,10 @@ pub(super) fn mirror_attributes(
             AttributeValue::L(m.destination_names().into_iter().map(s).collect()),
         ),
         ("enabled", AttributeValue::Bool(m.enabled)),
+        (
+            crate::store::index::ATTRIBUTE,
+            s(crate::store::index::scope_of(m)),
+        ),
     ];
     let mut remove = Vec::new();
     let mut optional = |name: &'static str, value: Option<AttributeValue>| match value {

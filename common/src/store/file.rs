@@ -67,6 +67,8 @@ impl FileStore {
                         error: state.errors.get(&key).cloned(),
                     }),
                     key,
+                    // A file is read whole: it has no index.
+                    scope: None,
                 }
             })
             .collect()

@@ -17,6 +17,7 @@ pub fn row_from_item(item: &HashMap<String, AttributeValue>) -> ScannedRow {
             return ScannedRow {
                 key: String::new(),
                 row: Err("the row has no string `source`".into()),
+                scope: None,
             };
         }
     };
@@ -134,7 +135,11 @@ pub fn row_from_item(item: &HashMap<String, AttributeValue>) -> ScannedRow {
             error,
         })
     })();
-    ScannedRow { key, row }
+    let scope = match item.get(crate::store::index::ATTRIBUTE) {
+        Some(AttributeValue::S(v)) => Some(v.clone()),
+        _ => None,
+    };
+    ScannedRow { key, row, scope }
 }
 
 /// A DynamoDB value as JSON, so hand-typed maps (a row's `tags`) are read

@@ -4,17 +4,20 @@
 //! Status is written per destination with `UpdateItem` on the `status.<dest>`
 //! path, conditional on the row still existing, so the user's own fields are
 //! never overwritten and a row deleted while its job was queued is not
-//! brought back. `table import` writes new rows in batches (`batch`).
+//! brought back. `table import` writes new rows in batches (`batch`). Every
+//! row is indexed by its source's repository or registry (`index`), so an
+//! ECR push finds its rows without a scan.
 
 mod batch;
 mod dynamo;
 mod file;
+pub mod index;
 mod item;
 #[cfg(test)]
 mod tests;
 
 pub use batch::Imported;
-pub use dynamo::DynamoStore;
+pub use dynamo::{Created, DynamoStore};
 pub use file::FileStore;
 pub use item::row_from_item;
 
@@ -83,6 +86,34 @@ impl Store {
                 Box::pin(futures_util::stream::iter(pages))
             }
         }
+    }
+
+    /// The rows an event concerns, found through the source index without a
+    /// scan; `None` where only a scan can tell (a file, or an event that
+    /// names no registry).
+    pub fn event_pages(&self, filter: &crate::control::scan::EventFilter) -> Option<Pages> {
+        let (Store::Dynamo(d), Some(lookup)) = (self, index::lookup(filter)) else {
+            return None;
+        };
+        let d = d.clone();
+        Some(Box::pin(futures_util::stream::once(async move {
+            d.lookup_rows(&lookup).await
+        })))
+    }
+
+    /// Bring the row's source index entry up to date (a row typed by hand,
+    /// or one written before the index); `true` when it was written. A
+    /// file has no index.
+    pub async fn keep_indexed(&self, scanned: &ScannedRow) -> Result<bool, StoreError> {
+        let (Store::Dynamo(d), Ok(row)) = (self, &scanned.row) else {
+            return Ok(false);
+        };
+        let want = index::scope_of(&row.mirror);
+        if scanned.scope.as_deref() == Some(want.as_str()) {
+            return Ok(false);
+        }
+        d.set_scope(&scanned.key, &want).await?;
+        Ok(true)
     }
 
     pub async fn get(&self, source: &str) -> Result<Option<ScannedRow>, StoreError> {

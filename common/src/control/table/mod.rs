@@ -243,6 +243,9 @@ impl Row {
 pub struct ScannedRow {
     pub key: String,
     pub row: Result<Row, String>,
+    /// The source index's attribute as stored (DynamoDB), which the
+    /// scheduled scan brings up to date.
+    pub scope: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -75,6 +75,29 @@ impl EcrHost {
     pub fn same_registry(&self, other: &EcrHost) -> bool {
         self.account == other.account && self.region == other.region
     }
+
+    /// The registry's one name whatever the endpoint form
+    /// (`<account>.dkr.ecr.<region>`): rows are indexed under it.
+    pub fn canonical(&self) -> String {
+        format!("{}.dkr.ecr.{}", self.account, self.region)
+    }
+
+    /// Every host name this registry is reached by: standard and FIPS, in
+    /// its partition's domain and dual-stack.
+    pub fn spellings(&self) -> Vec<String> {
+        let domain = if self.region.starts_with("cn-") {
+            "amazonaws.com.cn"
+        } else {
+            "amazonaws.com"
+        };
+        let (a, r) = (&self.account, &self.region);
+        vec![
+            format!("{a}.dkr.ecr.{r}.{domain}"),
+            format!("{a}.dkr.ecr-fips.{r}.{domain}"),
+            format!("{a}.dkr-ecr.{r}.on.aws"),
+            format!("{a}.dkr-ecr-fips.{r}.on.aws"),
+        ]
+    }
 }
 
 /// Whether two registry hosts are the same registry: the same ECR account

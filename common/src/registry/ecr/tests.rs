@@ -78,6 +78,23 @@ fn one_registry_in_every_endpoint_form() {
 }
 
 #[test]
+fn every_spelling_parses_back_to_the_same_registry() {
+    for host in [
+        "123456789012.dkr.ecr.us-east-1.amazonaws.com",
+        "123456789012.dkr.ecr.cn-north-1.amazonaws.com.cn",
+        "123456789012.dkr-ecr-fips.us-gov-west-1.on.aws",
+    ] {
+        let parsed = EcrHost::parse(host).unwrap();
+        let spellings = parsed.spellings();
+        assert!(spellings.iter().any(|s| s == host), "{host}: {spellings:?}");
+        for s in &spellings {
+            let again = EcrHost::parse(s).unwrap_or_else(|| panic!("{s}"));
+            assert_eq!(again.canonical(), parsed.canonical(), "{s}");
+        }
+    }
+}
+
+#[test]
 fn repository_names_follow_ecrs_rule() {
     for good in ["ab", "team/app", "a.b_c-d/e1", "mirror/library/golang"] {
         assert!(valid_repository_name(good), "{good}");
