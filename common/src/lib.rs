@@ -16,8 +16,9 @@
 //! - [`control::select`]: which tags (`tags`, version ranges in `versions`)
 //!   and repositories (`repos`, `glob`) a many-image row takes.
 //! - [`store`]: where rows live: DynamoDB (`dynamo`, with the item codec in
-//!   `item` and batched imports in `batch`) or, in local mode, a file (`file`); [`store::queue`] holds jobs
-//!   in SQS or in memory.
+//!   `item`, batched imports in `batch` and the source `index` an ECR push
+//!   finds its rows by) or, in local mode, a file (`file`); [`store::queue`]
+//!   holds jobs in SQS or in memory.
 //!
 //! **Plan** (the controller):
 //! - [`control::scan`]: read the rows, probe (HEAD) sources and

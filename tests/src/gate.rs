@@ -250,7 +250,10 @@ impl Gate {
             self.calls.lock().unwrap().push(Call {
                 action: format!("dynamodb:{op}"),
                 resource: table.unwrap_or_default(),
-                role: policy.as_ref().map_or("unknown", |p| p.role.as_str()).to_string(),
+                role: policy
+                    .as_ref()
+                    .map_or("unknown", |p| p.role.as_str())
+                    .to_string(),
                 allowed: true,
             });
         }

@@ -218,12 +218,12 @@ pub async fn plan_stream<'a>(
         }
     };
     let rows = pages.flat_map(|page| {
-            let rows: Vec<Result<ScannedRow, StoreError>> = match page {
-                Ok(rows) => rows.into_iter().map(Ok).collect(),
-                Err(e) => vec![Err(e)],
-            };
-            futures_util::stream::iter(rows)
-        });
+        let rows: Vec<Result<ScannedRow, StoreError>> = match page {
+            Ok(rows) => rows.into_iter().map(Ok).collect(),
+            Err(e) => vec![Err(e)],
+        };
+        futures_util::stream::iter(rows)
+    });
     rows.map(move |row| {
         let ctx = ctx.clone();
         async move {

@@ -159,7 +159,9 @@ impl DynamoStore {
 
     /// Add the source index to an existing table that lacks it.
     async fn add_index(&self) -> Result<Created, StoreError> {
-        use aws_sdk_dynamodb::types::{CreateGlobalSecondaryIndexAction, GlobalSecondaryIndexUpdate};
+        use aws_sdk_dynamodb::types::{
+            CreateGlobalSecondaryIndexAction, GlobalSecondaryIndexUpdate,
+        };
         let described = self
             .client
             .describe_table()

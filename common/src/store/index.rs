@@ -27,7 +27,7 @@ use aws_sdk_dynamodb::types::{
 
 use crate::control::scan::EventFilter;
 use crate::control::table::{Mirror, ScannedRow};
-use crate::registry::ecr::EcrHost;
+use crate::registry::ecr::{canonical_registry, registry_spellings};
 use crate::retry::Backoff;
 use crate::store::StoreError;
 use crate::store::dynamo::{DynamoStore, s};
@@ -49,14 +49,6 @@ pub fn scope_of(m: &Mirror) -> String {
             format!("repository#{registry}/{}", m.source.repository())
         }
         Some(_) => format!("registry#{registry}"),
-    }
-}
-
-/// One name per registry: ECR's account and region, else the host name.
-fn canonical_registry(host: &str) -> String {
-    match EcrHost::parse(host) {
-        Some(h) => h.canonical(),
-        None => host.to_ascii_lowercase(),
     }
 }
 
@@ -83,8 +75,7 @@ pub fn lookup(filter: &EventFilter) -> Option<Lookup> {
         scopes.insert(0, format!("image#{registry}/{repo}"));
         Vec::new()
     } else {
-        let hosts = EcrHost::parse(host).map_or_else(|| vec![host.to_string()], |h| h.spellings());
-        hosts
+        registry_spellings(host)
             .iter()
             .map(|h| format!("{h}/{repo}:{}", filter.tag))
             .collect()
@@ -250,7 +241,7 @@ mod tests {
                 "image#123456789012.dkr.ecr.us-east-1/team/app",
             ),
             (
-                format!("mirrors:\n- source: {ecr}/team/app\n  tags: {{newest: 3}}\n  destinations: [r.example/app]\n"),
+                format!("mirrors:\n- source: {ecr}/team/app\n  tags: {{latest: 3}}\n  destinations: [r.example/app]\n"),
                 "repository#123456789012.dkr.ecr.us-east-1/team/app",
             ),
             (
@@ -286,7 +277,10 @@ mod tests {
         // A signature concerns every image row of the repository.
         let sig = lookup(&filter(&format!("sha256-{}.sig", "ab".repeat(32)))).unwrap();
         assert!(sig.keys.is_empty());
-        assert_eq!(sig.scopes[0], "image#123456789012.dkr.ecr.us-east-1/team/app");
+        assert_eq!(
+            sig.scopes[0],
+            "image#123456789012.dkr.ecr.us-east-1/team/app"
+        );
         assert_eq!(sig.scopes.len(), 3);
         // No registry: nothing but a scan can tell.
         let anywhere = EventFilter {

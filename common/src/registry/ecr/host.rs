@@ -110,6 +110,22 @@ pub fn same_registry(a: &str, b: &str) -> bool {
     }
 }
 
+/// One name per registry, for indexing rows by it: ECR's account and region
+/// (`<account>.dkr.ecr.<region>`) whatever the endpoint form, else the host
+/// name in lowercase.
+pub fn canonical_registry(host: &str) -> String {
+    match EcrHost::parse(host) {
+        Some(h) => h.canonical(),
+        None => host.to_ascii_lowercase(),
+    }
+}
+
+/// Every host name the registry `host` is reached by (ECR's endpoint
+/// forms), or just `host`.
+pub fn registry_spellings(host: &str) -> Vec<String> {
+    EcrHost::parse(host).map_or_else(|| vec![host.to_string()], |h| h.spellings())
+}
+
 /// ECR's repository name rule (`CreateRepository`): 2 to 256 characters,
 /// lowercase path components separated by single `.`, `_` or `-`, so `__`,
 /// `--` and a trailing separator are refused, which the distribution

@@ -15,7 +15,10 @@ mod mutability;
 mod tests;
 
 pub use access::EcrAccess;
-pub use host::{EcrHost, endpoint_flags, same_registry, valid_repository_name};
+pub use host::{
+    EcrHost, canonical_registry, endpoint_flags, registry_spellings, same_registry,
+    valid_repository_name,
+};
 pub use mutability::{TagMutability, wildcard_matches};
 
 use std::collections::HashMap;
