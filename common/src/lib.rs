@@ -10,7 +10,8 @@
 //! - [`control`]: the control plane's steps, below.
 //! - [`control::table`]: a mirror row ([`control::table::Row`]) and its
 //!   destinations' statuses, how a mirror is built and checked (`mirror`),
-//!   the mirror file (`file`) and CSV (`csv`) forms;
+//!   the mirror file (`file`) and CSV (`csv`) forms, read row by row into
+//!   what parsed and what was refused (`parsed`);
 //!   [`control::table::status`] is the only place a status changes, and its
 //!   `Guard` decides whether a write lands.
 //! - [`control::select`]: which tags (`tags`, version ranges in `versions`)

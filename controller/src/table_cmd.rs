@@ -193,7 +193,7 @@ pub async fn main(args: TableArgs) -> anyhow::Result<Exit> {
                 )
             };
             let mut m = made.map_err(anyhow::Error::msg)?;
-            fits_in_an_item(&m)?;
+            fits_in_an_item(&m).map_err(anyhow::Error::msg)?;
             m.enabled = !disabled;
             m.overwrite = no_overwrite.then_some(false);
             m.set_platforms(&platforms).map_err(anyhow::Error::msg)?;
@@ -246,22 +246,34 @@ pub async fn main(args: TableArgs) -> anyhow::Result<Exit> {
             } else {
                 file.display().to_string()
             };
-            let mirrors = if csv {
-                parse_csv(&text).map_err(|e| anyhow::anyhow!("{name}: {e}"))?
+            // A file that is not a mirror file is refused whole; in one that
+            // is, each bad row is reported and the rest go in.
+            let mut parsed = if csv {
+                parse_csv(&text)
             } else {
-                MirrorFile::parse(&text, &name)?
+                MirrorFile::parse_rows(&text, &name)?
             };
-            for (i, m) in mirrors.iter().enumerate() {
-                fits_in_an_item(m).with_context(|| format!("{name}: mirror {}", i + 1))?;
+            parsed.refuse_where(fits_in_an_item);
+            for refused in &parsed.refused {
+                eprintln!("error: {name}: {refused}");
             }
+            let refused = parsed.refused.len();
+            let mirrors = parsed.into_mirrors();
             // New rows in batches of 25, existing ones updated in place.
             let imported = store.put_mirrors(&mirrors).await?;
             tracing::info!(
                 created = imported.created,
                 updated = imported.updated,
+                refused,
                 "table import"
             );
-            println!("imported {} mirrors", mirrors.len());
+            let s = if mirrors.len() == 1 { "" } else { "s" };
+            if refused == 0 {
+                println!("imported {} mirror{s}", mirrors.len());
+            } else {
+                println!("imported {} mirror{s}; refused {refused}", mirrors.len());
+                return Ok(Exit::Failed);
+            }
         }
         TableCommand::Export { format } => {
             let mirrors: Vec<Mirror> = store
@@ -288,7 +300,7 @@ const STATUS_BYTES: usize = 400;
 /// Refuse a row that would outgrow a DynamoDB item once each destination's
 /// status is recorded: writing it would work, and every later status write
 /// to it would fail.
-fn fits_in_an_item(m: &Mirror) -> anyhow::Result<()> {
+fn fits_in_an_item(m: &Mirror) -> Result<(), String> {
     let source = m.key().len();
     let base = 64 + 2 * source;
     let per: Vec<usize> = m
@@ -301,13 +313,13 @@ fn fits_in_an_item(m: &Mirror) -> anyhow::Result<()> {
         return Ok(());
     }
     let average = per.iter().sum::<usize>() / per.len().max(1);
-    anyhow::bail!(
+    Err(format!(
         "the row is too large for the table: with each destination's status recorded, its {} destinations \
          need about {} KB, and a DynamoDB item holds at most 400 KB (about {} destinations like these fit)",
         m.destinations.len(),
         total / 1024,
         (ITEM_LIMIT - base) / average.max(1)
-    )
+    ))
 }
 
 /// One line for a repository row: its targets and how many of its images

@@ -9,7 +9,7 @@
 //! in the worker's log). No process may panic, and exit codes are the
 //! documented ones (README, "Exit codes").
 //!
-//! 110 malformed inputs in all:
+//! 116 malformed inputs in all:
 //!
 //! | group                                                   | cases |
 //! | ------------------------------------------------------- | ----- |
@@ -17,7 +17,8 @@
 //! | B. `worker copy`: destinations that fail at run time    |     5 |
 //! | C. `table add`: refused before anything is written      |     9 |
 //! | D. DynamoDB rows typed by hand with wrong types         |    19 |
-//! | E. `table import`: bad YAML and CSV, a huge row         |    24 |
+//! | E. `table import`: bad files refused whole, bad rows alone |  24 |
+//! | E. `table import`: 3 bad rows among 1,000, YAML and CSV |     6 |
 //! | F. SQS: malformed messages and jobs gone stale          |    17 |
 //! | G. `controller run`: unreadable sources, huge rows      |     7 |
 //! | H. `controller sync` (local mode)                       |    12 |
@@ -666,7 +667,7 @@ async fn d_rows_with_wrong_types_are_reported_on_themselves_and_kept() {
 // ------------------------------------------------------------------ E
 
 #[tokio::test]
-async fn e_import_refuses_bad_files_whole_and_imports_nothing() {
+async fn e_import_refuses_bad_files_whole_and_bad_rows_alone() {
     let stack = Stack::get();
     let (env, queue, dlq) = setup(&stack, "bi-import").await;
     let repo = unique("bi-import");
@@ -675,13 +676,14 @@ async fn e_import_refuses_bad_files_whole_and_imports_nothing() {
     let good = format!("{}/{repo}:v1", stack.dst);
     let other = format!("{}/{repo}:v2", stack.src);
     let dir = temp_dir("bi-import");
-    // The good row comes first in every file: a bad file is refused whole.
+    // The good row comes first in every file: a file that is not a mirror
+    // file is refused whole, and in one that is, a bad row alone.
     let head = format!("mirrors:\n  - source: {src}\n    destinations: [{good}]\n");
     let huge = format!("{}/{}:v2", stack.src, "a".repeat(1 << 20));
     let huge_short = format!("{}… ({} characters)", &huge[..60], huge.len());
 
     // (file name, content, the error; {p} is the file's path)
-    let yaml: Vec<(&str, Vec<u8>, String)> = vec![
+    let whole: Vec<(&str, Vec<u8>, String)> = vec![
         (
             "unclosed.yaml",
             format!("{head}  - source: {other}\n    destinations: [{good}\n").into(),
@@ -737,6 +739,8 @@ async fn e_import_refuses_bad_files_whole_and_imports_nothing() {
             b"\xff\xfe\x00mirrors".to_vec(),
             "reading {p}: stream did not contain valid UTF-8".into(),
         ),
+    ];
+    let yaml: Vec<(&str, Vec<u8>, String)> = vec![
         (
             "duplicate.yaml",
             format!("{head}  - source: {other}\n    destinations: [{good}, {good}]\n").into(),
@@ -778,32 +782,32 @@ async fn e_import_refuses_bad_files_whole_and_imports_nothing() {
         (
             "nodest.csv",
             format!("{csv_head}{other}\n").into(),
-            format!("{{p}}: line 3: mirror {other} has no destinations"),
+            format!("{{p}}: line 3 ({other}): mirror {other} has no destinations"),
         ),
         (
             "baddest.csv",
             format!("{csv_head}{other},{}/{repo}/X:1\n", stack.dst).into(),
             format!(
-                r#"{{p}}: line 3: destination 1: invalid image reference "{}/{repo}/X:1": repository names must be lowercase ("X" is not)"#,
+                r#"{{p}}: line 3 ({other}): destination 1: invalid image reference "{}/{repo}/X:1": repository names must be lowercase ("X" is not)"#,
                 stack.dst
             ),
         ),
         (
             "twice.csv",
             format!("{csv_head}{src},{}/{repo}:other\n", stack.dst).into(),
-            format!("{{p}}: line 3: the source {src} is listed twice"),
+            format!("{{p}}: line 3 ({src}): the source is listed twice"),
         ),
         (
             "semicolon.csv",
             format!("{csv_head}{other};{good}\n").into(),
             format!(
-                r#"{{p}}: line 3: source: invalid image reference "{other};{good}": it contains the character ';', which is not allowed in an image reference"#
+                r#"{{p}}: line 3 ({other};{good}): source: invalid image reference "{other};{good}": it contains the character ';', which is not allowed in an image reference"#
             ),
         ),
         (
             "itself.csv",
             format!("{csv_head}{other},{other}\n").into(),
-            format!("{{p}}: line 3: destination {other} is the source itself"),
+            format!("{{p}}: line 3 ({other}): destination {other} is the source itself"),
         ),
     ];
     // A row of 10,000 destinations: it would outgrow a DynamoDB item.
@@ -816,7 +820,7 @@ async fn e_import_refuses_bad_files_whole_and_imports_nothing() {
         "toolarge.csv",
         format!("{csv_head}{other},{}\n", many.join(",")).into(),
         format!(
-            "{{p}}: mirror 2: the row is too large for the table: with each destination's status recorded, \
+            "{{p}}: line 3 ({other}): the row is too large for the table: with each destination's status recorded, \
              its 10000 destinations need about {} KB, and a DynamoDB item holds at most 400 KB \
              (about {} destinations like these fit)",
             (base + per) / 1024,
@@ -824,7 +828,7 @@ async fn e_import_refuses_bad_files_whole_and_imports_nothing() {
         ),
     )];
     let mut count = 0;
-    for (name, content, message) in yaml.iter().chain(&csv).chain(&big) {
+    for (name, content, message) in &whole {
         let p = write(&dir, name, content);
         let (code, out, err) = run("mirrorfleet-controller", &["table", "import", &p], &env);
         assert_eq!(code, 1, "{name}: {out}");
@@ -846,20 +850,121 @@ async fn e_import_refuses_bad_files_whole_and_imports_nothing() {
             missing.display()
         ),
     );
-    assert_eq!(count + 1, 24);
     assert!(table_json(&env).is_empty(), "a refused file was imported");
+    // A bad row is refused alone: the good one goes in, the exit code says
+    // not everything did.
+    for (name, content, message) in yaml.iter().chain(&csv).chain(&big) {
+        let p = write(&dir, name, content);
+        let (code, out, err) = run("mirrorfleet-controller", &["table", "import", &p], &env);
+        assert_eq!(code, 1, "{name}: {out}");
+        assert_eq!(out.trim_end(), "imported 1 mirror; refused 1", "{name}");
+        assert_error_line(&err, &message.replace("{p}", &p));
+        assert_eq!(
+            err.lines().filter(|l| l.starts_with("error: ")).count(),
+            1,
+            "{name}: {err}"
+        );
+        count += 1;
+    }
+    assert_eq!(count + 1, 24);
+    let keys: Vec<String> = table_json(&env)
+        .iter()
+        .map(|r| r["source"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(keys, vec![src.clone()], "only the good row went in");
 
     // The good file imports and syncs.
     let p = write(&dir, "good.yaml", &head);
     let (code, out, err) = run("mirrorfleet-controller", &["table", "import", &p], &env);
     assert_eq!(code, 0, "{err}");
-    assert_eq!(out.trim_end(), "imported 1 mirrors");
+    assert_eq!(out.trim_end(), "imported 1 mirror");
     controller_run(&env, 0);
     let (w, _) = consume(&env, "5s", "2s");
     assert_eq!(w["completed"], 1, "{w}");
     assert_synced(&env, &good, &digest);
     assert_eq!(queue_depth(&stack, &queue).await, 0);
     assert_eq!(queue_depth(&stack, &dlq).await, 0);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// In a large file, the few bad rows are reported, each by its position and
+/// source, and every other row goes in.
+#[tokio::test]
+async fn e_import_of_1000_rows_reports_the_3_bad_ones_and_imports_the_rest() {
+    let stack = Stack::get();
+    let (env, _queue, _dlq) = setup(&stack, "bi-import-1k").await;
+    let repo = unique("bi-import-1k");
+    let dir = temp_dir("bi-import-1k");
+    let src = |form: &str, i: usize| format!("{}/{repo}-{form}-{i}:v1", stack.src);
+    let dst = |form: &str, i: usize| format!("{}/{repo}-{form}-{i}:v1", stack.dst);
+    let mut imported = std::collections::BTreeSet::new();
+    for form in ["yaml", "csv"] {
+        let mut rows: Vec<(String, String)> =
+            (1..=1000).map(|i| (src(form, i), dst(form, i))).collect();
+        // Row 100 names a destination that is no reference, row 500 repeats
+        // row 1's source, and row 900 mirrors its source onto itself.
+        rows[99].1 = "x::y".to_string();
+        rows[499].0 = src(form, 1);
+        rows[899].1 = rows[899].0.clone();
+        let (name, text, at) = if form == "yaml" {
+            let mut text = String::from("mirrors:\n");
+            for (s, d) in &rows {
+                text.push_str(&format!("  - source: {s}\n    destinations: ['{d}']\n"));
+            }
+            // YAML rows are counted from 1.
+            (
+                "big.yaml",
+                text,
+                (|n| format!("mirror {n}")) as fn(usize) -> String,
+            )
+        } else {
+            let mut text = String::from("source,destinations\n");
+            for (s, d) in &rows {
+                text.push_str(&format!("{s},{d}\n"));
+            }
+            // CSV rows are file lines, after the header.
+            (
+                "big.csv",
+                text,
+                (|n| format!("line {}", n + 1)) as fn(usize) -> String,
+            )
+        };
+        let p = write(&dir, name, &text);
+        let (code, out, err) = run("mirrorfleet-controller", &["table", "import", &p], &env);
+        assert_eq!(code, 1, "{name}: {out}\n{err}");
+        assert_eq!(out.trim_end(), "imported 997 mirrors; refused 3", "{name}");
+        let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("error: ")).collect();
+        let (s100, s500, s900) = (&rows[99].0, &rows[499].0, &rows[899].0);
+        assert_eq!(
+            errors,
+            vec![
+                format!(
+                    r#"error: {p}: {} ({s100}): destination 1: invalid image reference "x::y": it contains "::" (one ':' separates the tag, or a registry host's port)"#,
+                    at(100)
+                ),
+                format!(
+                    "error: {p}: {} ({s500}): the source is listed twice",
+                    at(500)
+                ),
+                format!(
+                    "error: {p}: {} ({s900}): destination {s900} is the source itself",
+                    at(900)
+                ),
+            ],
+            "{name}"
+        );
+        for (i, (s, _)) in rows.iter().enumerate() {
+            if ![99, 499, 899].contains(&i) {
+                imported.insert(s.clone());
+            }
+        }
+    }
+    let keys: std::collections::BTreeSet<String> = table_json(&env)
+        .iter()
+        .map(|r| r["source"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(keys.len(), 2 * 997);
+    assert_eq!(keys, imported, "the good rows, and only those, went in");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

@@ -1,36 +1,40 @@
 //! `table import` and `table export` in CSV: one row per line, destinations
 //! separated by spaces.
 
+use std::collections::HashSet;
+
 use crate::control::table::Mirror;
+use crate::control::table::Parsed;
 use crate::control::table::TableError;
+use crate::control::table::file::shortened;
 
 /// CSV form for import/export: `source,destination[,destination...]` per line,
-/// `#` comments allowed.
-pub fn parse_csv(text: &str) -> Result<Vec<Mirror>, TableError> {
-    let mut out: Vec<Mirror> = Vec::new();
-    for (n, line) in text.lines().enumerate() {
+/// `#` comments allowed. Each bad line is refused on its own.
+pub fn parse_csv(text: &str) -> Parsed {
+    let mut parsed = Parsed::default();
+    let mut seen: HashSet<String> = HashSet::new();
+    for (i, line) in text.lines().enumerate() {
+        let n = i + 1;
         let line = line.trim();
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
         let mut cells = line.split(',').map(|c| c.trim().trim_matches('"'));
         let source = cells.next().unwrap_or_default();
-        if n == 0 && source.eq_ignore_ascii_case("source") {
+        if n == 1 && source.eq_ignore_ascii_case("source") {
             continue;
         }
+        let at = format!("line {n} ({})", shortened(source));
         let dests: Vec<String> = cells.map(str::to_string).collect();
-        let m = Mirror::new(source, &dests)
-            .map_err(|e| TableError::Invalid(format!("line {}: {e}", n + 1)))?;
-        if out.iter().any(|o| o.source == m.source) {
-            return Err(TableError::Invalid(format!(
-                "line {}: the source {} is listed twice",
-                n + 1,
-                m.source
-            )));
+        match Mirror::new(source, &dests) {
+            Ok(m) if !seen.insert(m.key()) => {
+                parsed.refuse(n, at, "the source is listed twice");
+            }
+            Ok(m) => parsed.take(n, at, m),
+            Err(e) => parsed.refuse(n, at, e),
         }
-        out.push(m);
     }
-    Ok(out)
+    parsed
 }
 
 /// CSV holds image rows only; a repository row's tag rule needs YAML.

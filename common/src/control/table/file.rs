@@ -1,12 +1,14 @@
 //! The mirror file of local mode (`mirrors.yaml`): rows as YAML, in the
 //! short form people write by hand.
 
+use std::collections::HashSet;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
 use crate::control::select::{RepoRules, TagRules};
 use crate::control::table::Mirror;
+use crate::control::table::Parsed;
 use crate::control::table::Platforms;
 use crate::control::table::TableError;
 
@@ -46,6 +48,40 @@ pub struct FileRow {
     pub platforms: Option<Platforms>,
 }
 
+impl FileRow {
+    /// The mirror this row asks for, or why it cannot be one (with the
+    /// source as the report should name it).
+    fn to_mirror(&self) -> Result<Mirror, (String, String)> {
+        let dests = self.destinations.to_vec();
+        let made = if self.tags.is_some()
+            || self.repositories.is_some()
+            || self.source.trim().ends_with("/*")
+        {
+            Mirror::with_selection(
+                &self.source,
+                &dests,
+                self.tags.clone().unwrap_or_default(),
+                self.repositories.clone(),
+            )
+        } else {
+            Mirror::new(&self.source, &dests)
+        };
+        let mut m = made.map_err(|e| (shortened(&self.source), e))?;
+        m.enabled = self.enabled.unwrap_or(true);
+        m.overwrite = self.overwrite;
+        m.expires = self.expires;
+        let platforms = match &self.platforms {
+            None => Vec::new(),
+            Some(Platforms::List(v)) => v.clone(),
+            Some(Platforms::One(one)) => vec![one.clone()],
+        };
+        m.set_platforms(&platforms)
+            .and_then(|()| m.set_strip(self.strip.as_deref()))
+            .map_err(|e| (m.key(), e))?;
+        Ok(m)
+    }
+}
+
 /// A list, or one comma-separated string, as people write them.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(
@@ -67,59 +103,36 @@ impl Destinations {
 }
 
 impl MirrorFile {
-    /// Parse YAML; each invalid row is an error naming its position and source.
+    /// Parse YAML, all or nothing: the first invalid row is an error naming
+    /// its position and source.
     pub fn parse(text: &str, path: &str) -> Result<Vec<Mirror>, TableError> {
+        Self::parse_rows(text, path)?.strict(path)
+    }
+
+    /// Parse YAML row by row. A document that is not a mirror file (bad
+    /// syntax, an unknown key, a wrong type) is an error; a row that is
+    /// well-formed but wrong (a bad reference, a source listed twice) is
+    /// refused on its own, naming its position and source.
+    pub fn parse_rows(text: &str, path: &str) -> Result<Parsed, TableError> {
         let file: MirrorFile = serde_norway::from_str(text).map_err(|e| TableError::Parse {
             path: path.to_string(),
             message: e.to_string(),
         })?;
-        let mut out: Vec<Mirror> = Vec::new();
+        let mut parsed = Parsed::default();
+        let mut seen: HashSet<String> = HashSet::with_capacity(file.mirrors.len());
         for (i, row) in file.mirrors.iter().enumerate() {
-            let dests = row.destinations.to_vec();
-            let made = if row.tags.is_some()
-                || row.repositories.is_some()
-                || row.source.trim().ends_with("/*")
-            {
-                Mirror::with_selection(
-                    &row.source,
-                    &dests,
-                    row.tags.clone().unwrap_or_default(),
-                    row.repositories.clone(),
-                )
-            } else {
-                Mirror::new(&row.source, &dests)
-            };
-            let mut m = made.map_err(|e| TableError::Parse {
-                path: path.to_string(),
-                message: format!("mirror {} ({}): {e}", i + 1, shortened(&row.source)),
-            })?;
-            if out.iter().any(|o| o.source == m.source) {
-                return Err(TableError::Parse {
-                    path: path.to_string(),
-                    message: format!(
-                        "mirror {} ({}): the source is listed twice",
-                        i + 1,
-                        m.source
-                    ),
-                });
+            let n = i + 1;
+            match row.to_mirror() {
+                Ok(m) if !seen.insert(m.key()) => parsed.refuse(
+                    n,
+                    format!("mirror {n} ({})", m.source),
+                    "the source is listed twice",
+                ),
+                Ok(m) => parsed.take(n, format!("mirror {n} ({})", m.key()), m),
+                Err((at, e)) => parsed.refuse(n, format!("mirror {n} ({at})"), e),
             }
-            m.enabled = row.enabled.unwrap_or(true);
-            m.overwrite = row.overwrite;
-            m.expires = row.expires;
-            let platforms = match &row.platforms {
-                None => Vec::new(),
-                Some(Platforms::List(v)) => v.clone(),
-                Some(Platforms::One(one)) => vec![one.clone()],
-            };
-            m.set_platforms(&platforms)
-                .and_then(|()| m.set_strip(row.strip.as_deref()))
-                .map_err(|e| TableError::Parse {
-                    path: path.to_string(),
-                    message: format!("mirror {} ({}): {e}", i + 1, m.key()),
-                })?;
-            out.push(m);
         }
-        Ok(out)
+        Ok(parsed)
     }
 
     pub fn load(path: &Path) -> Result<Vec<Mirror>, TableError> {

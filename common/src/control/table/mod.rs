@@ -25,12 +25,14 @@
 mod csv;
 mod file;
 mod mirror;
+mod parsed;
 pub mod status;
 #[cfg(test)]
 mod tests;
 
 pub use csv::{parse_csv, render_csv};
 pub use file::{Destinations, FileRow, MirrorFile};
+pub use parsed::{Numbered, Parsed, Refused};
 
 use std::collections::BTreeMap;
 

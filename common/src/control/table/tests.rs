@@ -350,14 +350,64 @@ fn csv_round_trip() {
     let m = parse_csv(
         "source,destinations\n# comment\ngolang:1.17,a.example.com/g:1.17,b.example.com/g:1.17\n\n",
     )
+    .strict("m.csv")
     .unwrap();
     assert_eq!(m.len(), 1);
     assert_eq!(m[0].destinations.len(), 2);
-    assert_eq!(parse_csv(&render_csv(&m).unwrap()).unwrap(), m);
-    assert!(
-        parse_csv("golang:1\n")
-            .unwrap_err()
-            .to_string()
-            .contains("line 1")
+    assert_eq!(
+        parse_csv(&render_csv(&m).unwrap()).strict("m.csv").unwrap(),
+        m
     );
+    assert_eq!(
+        parse_csv("golang:1\n")
+            .strict("m.csv")
+            .unwrap_err()
+            .to_string(),
+        "m.csv: line 1 (golang:1): mirror docker.io/library/golang:1 has no destinations"
+    );
+}
+
+#[test]
+fn bad_rows_are_refused_alone_in_file_order() {
+    let text = "mirrors:\n  - source: a:1\n    destinations: [b.example.com/a:1]\n  \
+                - source: a:2\n    destinations: []\n  \
+                - source: a:1\n    destinations: [c.example.com/a:1]\n  \
+                - source: a:3\n    destinations: [b.example.com/a:3]\n";
+    let mut parsed = MirrorFile::parse_rows(text, "m.yaml").unwrap();
+    let reasons = |p: &Parsed| {
+        p.refused
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        reasons(&parsed),
+        [
+            "mirror 2 (a:2): mirror docker.io/library/a:2 has no destinations",
+            "mirror 3 (docker.io/library/a:1): the source is listed twice"
+        ]
+    );
+    // A store's own limit refuses more, and the reports stay in file order.
+    parsed.refuse_where(|m| match m.source.tag() {
+        Some("1") => Err("too large".into()),
+        _ => Ok(()),
+    });
+    assert_eq!(
+        reasons(&parsed),
+        [
+            "mirror 1 (docker.io/library/a:1): too large",
+            "mirror 2 (a:2): mirror docker.io/library/a:2 has no destinations",
+            "mirror 3 (docker.io/library/a:1): the source is listed twice"
+        ]
+    );
+    let mirrors = parsed.into_mirrors();
+    assert_eq!(mirrors.len(), 1);
+    assert_eq!(mirrors[0].key(), "docker.io/library/a:3");
+    // Local mode reads all or nothing: the first bad row is the error.
+    assert_eq!(
+        MirrorFile::parse(text, "m.yaml").unwrap_err().to_string(),
+        "m.yaml: mirror 2 (a:2): mirror docker.io/library/a:2 has no destinations"
+    );
+    // A document that is not a mirror file is refused whole.
+    assert!(MirrorFile::parse_rows("mirrors: {}\n", "m.yaml").is_err());
 }
