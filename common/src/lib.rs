@@ -23,7 +23,9 @@
 //!
 //! **Plan** (the controller):
 //! - [`control::scan`]: read the rows, probe (HEAD) sources and
-//!   destinations, gather the facts the planner needs (referrer tags too).
+//!   destinations, gather the facts the planner needs (referrer tags too),
+//!   after [`control::known`] asked a page's digests in bulk where the
+//!   registry can tell many per call (ECR).
 //! - [`control::plan`]: the decision, a pure function of those facts.
 //! - [`control::enqueue`]: apply a plan: mark `synced`, claim `queued`, send
 //!   [`control::job`] messages.
@@ -43,7 +45,8 @@
 //!   (from a file, or kept in AWS: [`registry::secrets`], which also reads a
 //!   registry's credentials and another partition's AWS keys from Secrets
 //!   Manager), [`registry::auth`] credentials, [`registry::ecr`] (tokens and
-//!   repositories, its hosts in `host`, tag rules in `mutability`, and how
+//!   repositories, image digests in bulk in `digests`, its hosts in `host`,
+//!   tag rules in `mutability`, and how
 //!   each registry's API is reached in `access`: keys, an assumed role, an
 //!   external id) and the HTTP API in [`registry::client`]
 //!   (the auth handshake in `token`, the one request path in `send`, Docker

@@ -12,6 +12,7 @@ use mirrorfleet_common::control::enqueue::{self, RunSummary};
 use mirrorfleet_common::control::plan::Plan;
 use mirrorfleet_common::control::scan::{self, EventFilter, RowPlan};
 use mirrorfleet_common::error::error_line;
+use mirrorfleet_common::registry::RequestReport;
 use mirrorfleet_common::store::queue::{Queue, SqsQueue};
 use mirrorfleet_common::store::{DynamoStore, Store};
 
@@ -156,7 +157,8 @@ async fn run(args: RunArgs) -> anyhow::Result<Exit> {
             .context("starting workers")?
     };
     summary.seconds = started.elapsed().as_secs_f64();
-    report(&summary, scaled, args.output, !args.dry_run)?;
+    let requests = engine.registries().request_report().await;
+    report(&summary, &requests, scaled, args.output, !args.dry_run)?;
     Ok(if summary.rows_failed > 0 {
         Exit::Failed
     } else {
@@ -166,6 +168,7 @@ async fn run(args: RunArgs) -> anyhow::Result<Exit> {
 
 pub fn report(
     summary: &RunSummary,
+    requests: &RequestReport,
     scaled: Option<u64>,
     output: OutputFormat,
     print_json: bool,
@@ -189,12 +192,21 @@ pub fn report(
         already_queued = summary.already_queued,
         rows_failed = summary.rows_failed,
         workers_started = scaled.unwrap_or(0),
+        registry_requests = requests.registry_requests(),
+        ecr_api_calls = requests.ecr_api_calls(),
         seconds = summary.seconds,
         "controller run finished"
     );
     if output == OutputFormat::Json && print_json {
         let mut v = serde_json::to_value(summary)?;
         v["workers_started"] = serde_json::json!(scaled.unwrap_or(0));
+        // Per row read, so a cycle's cost can be judged at any table size.
+        let rows = summary.rows_scanned.max(1) as f64;
+        v["requests"] = serde_json::to_value(requests)?;
+        v["requests_per_row"] = serde_json::json!({
+            "registries": requests.registry_requests() as f64 / rows,
+            "ecr_api": requests.ecr_api_calls() as f64 / rows,
+        });
         println!("{}", serde_json::to_string_pretty(&v)?);
     }
     Ok(())

@@ -115,6 +115,7 @@ async fn once(
                 "plan": summary,
                 "workers": consumed,
                 "registries": engine.registries().request_counts().await,
+                "ecr_api": engine.registries().ecr().api_calls(),
             });
             println!("{}", serde_json::to_string_pretty(&v)?);
         }

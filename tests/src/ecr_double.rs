@@ -787,6 +787,10 @@ impl EcrFront {
         let reader = AwsGate::start(&stack.moto, Policy::everything())
             .unwrap_or_else(|e| panic!("gate: {e:#}"));
         config.moto = reader.url.clone();
+        gate.answer_images_from(crate::images::ImageSource {
+            upstream: config.upstream.clone(),
+            creds: config.upstream_creds.clone(),
+        });
         let double = EcrDouble::start(config).unwrap_or_else(|e| panic!("ECR double: {e:#}"));
         EcrFront {
             double,

@@ -9,6 +9,10 @@
 //! - `secretsmanager:GetSecretValue` on the secret (its ARN, or its name);
 //! - `sts:AssumeRole` on the role's ARN (the query protocol's form body).
 //!
+//! `DescribeImages` by `imageIds` can be answered from the registry behind
+//! an ECR double ([`AwsGate::answer_images_from`]), as ECR answers from its
+//! own store.
+//!
 //! DynamoDB calls are logged (action and table) and passed through, so a
 //! test can count what a run asked for.
 //!
@@ -33,6 +37,7 @@ use hyper::body::Incoming;
 use hyper::{Request, Response};
 
 use crate::iam::{ACCOUNT, Place, Policy, REGION};
+use crate::images::ImageSource;
 use crate::serve::{Body, json, serve, upstream_request};
 
 /// One gated call.
@@ -63,6 +68,7 @@ pub struct AwsGate {
     calls: Arc<Mutex<Vec<Call>>>,
     ids: Arc<Mutex<Identities>>,
     hold: Arc<Hold>,
+    images: Arc<Mutex<Option<ImageSource>>>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
@@ -85,7 +91,8 @@ impl AwsGate {
         let calls: Arc<Mutex<Vec<Call>>> = Arc::new(Mutex::new(Vec::new()));
         let ids: Arc<Mutex<Identities>> = Arc::default();
         let hold = Arc::new(Hold::default());
-        let (c, i, held) = (calls.clone(), ids.clone(), hold.clone());
+        let images: Arc<Mutex<Option<ImageSource>>> = Arc::default();
+        let (c, i, held, im) = (calls.clone(), ids.clone(), hold.clone(), images.clone());
         let moto = moto.trim_end_matches('/').to_string();
         let (addrs, stop) = serve(1, move |_| {
             let http = reqwest::Client::builder()
@@ -100,6 +107,7 @@ impl AwsGate {
                     moto: moto.clone(),
                     calls: c.clone(),
                     ids: i.clone(),
+                    images: im.clone(),
                 };
                 let hold = held.clone();
                 async move {
@@ -113,6 +121,7 @@ impl AwsGate {
             calls,
             ids,
             hold,
+            images,
             stop: Some(stop),
         })
     }
@@ -138,6 +147,12 @@ impl AwsGate {
             .into_iter()
             .map(|c| (c.action, c.allowed))
             .collect()
+    }
+
+    /// Answer `DescribeImages` by `imageIds` from the registry holding an
+    /// ECR double's data, as ECR answers from its own ([`crate::images`]).
+    pub fn answer_images_from(&self, source: ImageSource) {
+        *self.images.lock().unwrap() = Some(source);
     }
 
     pub fn count(&self, action: &str) -> usize {
@@ -197,6 +212,7 @@ struct Gate {
     moto: String,
     calls: Arc<Mutex<Vec<Call>>>,
     ids: Arc<Mutex<Identities>>,
+    images: Arc<Mutex<Option<ImageSource>>>,
 }
 
 impl Gate {
@@ -275,6 +291,23 @@ impl Gate {
             }
             if asked.action == "sts:AssumeRole" {
                 assumed_role = Some(asked.resource);
+            }
+        }
+        let images = self.images.lock().unwrap().clone();
+        if ecr_op.as_deref() == Some("DescribeImages")
+            && let Some(source) = images
+        {
+            let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+            if v.get("imageIds").is_some() {
+                let answer = crate::images::describe(
+                    &self.http,
+                    &source,
+                    &self.moto,
+                    &region,
+                    &place.account,
+                    &v,
+                );
+                return Ok(answer.await);
             }
         }
         let url = format!(

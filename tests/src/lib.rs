@@ -12,6 +12,7 @@ pub mod ecr_double;
 pub mod faults;
 pub mod gate;
 pub mod iam;
+pub mod images;
 pub mod moto;
 pub mod recording;
 mod serve;

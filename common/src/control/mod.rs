@@ -4,6 +4,7 @@
 pub mod consume;
 pub mod enqueue;
 pub mod job;
+pub mod known;
 pub mod plan;
 pub mod scan;
 pub mod select;

@@ -15,6 +15,7 @@ use std::time::{Duration, SystemTime};
 use futures_util::{Stream, StreamExt as _};
 use tokio::sync::Semaphore;
 
+use crate::control::known::{self, Known};
 use crate::control::plan::{
     Plan, Probe, known_subset_digest, plan, plan_with_referrers, without_probes,
 };
@@ -172,6 +173,17 @@ pub async fn probe(engine: &Engine, r: &Reference, role: Role) -> Probe {
     }
 }
 
+/// For images no bulk call was asked about.
+static NOTHING_KNOWN: std::sync::LazyLock<Known> = std::sync::LazyLock::new(Known::default);
+
+/// What a bulk call told of one image, else its HEAD.
+async fn probe_known(known: &Known, engine: &Engine, r: &Reference, role: Role) -> Probe {
+    match known.get(r, role) {
+        Some(told) => told,
+        None => probe(engine, r, role).await,
+    }
+}
+
 /// Scan the table and plan every row (or only those an event concerns),
 /// all at once, in key order: for callers that need the whole plan (a dry
 /// run's table, local `sync`). The controller streams with [`plan_stream`].
@@ -217,9 +229,18 @@ pub async fn plan_stream<'a>(
             store.pages(opts.segments, opts.consistent).await
         }
     };
+    // Each page's digests are asked in bulk where a registry can tell many
+    // at once; the next page's are asked while this one's rows are planned.
+    let pages = pages
+        .map(move |page| async move {
+            let rows = page?;
+            let known = Arc::new(known::ask(engine, &rows, filter).await);
+            Ok::<_, StoreError>((rows, known))
+        })
+        .buffered(2);
     let rows = pages.flat_map(|page| {
-        let rows: Vec<Result<ScannedRow, StoreError>> = match page {
-            Ok(rows) => rows.into_iter().map(Ok).collect(),
+        let rows: Vec<Result<(ScannedRow, Arc<Known>), StoreError>> = match page {
+            Ok((rows, known)) => rows.into_iter().map(|r| Ok((r, known.clone()))).collect(),
             Err(e) => vec![Err(e)],
         };
         futures_util::stream::iter(rows)
@@ -227,7 +248,7 @@ pub async fn plan_stream<'a>(
     rows.map(move |row| {
         let ctx = ctx.clone();
         async move {
-            let row = row?;
+            let (row, known) = row?;
             if opts.reindex {
                 // The index only speeds up events; a row it misses is still
                 // planned by every scheduled run.
@@ -237,14 +258,14 @@ pub async fn plan_stream<'a>(
                     Err(e) => tracing::warn!(source = %row.key, error = %e, "cannot index the row"),
                 }
             }
-            Ok(plan_row(&ctx, row).await)
+            Ok(plan_row(&ctx, &known, row).await)
         }
     })
     .buffer_unordered(opts.concurrency.max(1))
 }
 
 /// One row's plans.
-async fn plan_row(ctx: &Ctx<'_>, scanned: ScannedRow) -> Vec<RowPlan> {
+async fn plan_row(ctx: &Ctx<'_>, known: &Known, scanned: ScannedRow) -> Vec<RowPlan> {
     let key = scanned.key;
     let row = match scanned.row {
         Ok(r) => r,
@@ -272,11 +293,11 @@ async fn plan_row(ctx: &Ctx<'_>, scanned: ScannedRow) -> Vec<RowPlan> {
     if row.mirror.select.is_some() {
         return plan_repository(ctx, key, row).await;
     }
-    vec![plan_image(ctx, key, row).await]
+    vec![plan_image(ctx, known, key, row).await]
 }
 
 /// HEAD one image's source and destinations, and plan it.
-async fn plan_image(ctx: &Ctx<'_>, key: String, row: Row) -> RowPlan {
+async fn plan_image(ctx: &Ctx<'_>, known: &Known, key: String, row: Row) -> RowPlan {
     let engine = ctx.engine;
     let Ok(_permit) = ctx.limit.acquire().await else {
         return RowPlan {
@@ -285,7 +306,7 @@ async fn plan_image(ctx: &Ctx<'_>, key: String, row: Row) -> RowPlan {
             plan: Err("the scan was stopped".into()),
         };
     };
-    let source = probe(engine, &row.mirror.source, Role::Source).await;
+    let source = probe_known(known, engine, &row.mirror.source, Role::Source).await;
     // A platform subset is compared by its own digest, which only the
     // source's index can tell (one GET), unless the statuses already do.
     let filtered = match (&source, row.mirror.platforms.is_empty()) {
@@ -308,7 +329,7 @@ async fn plan_image(ctx: &Ctx<'_>, key: String, row: Row) -> RowPlan {
     // Destinations only matter when the source is readable.
     if matches!(source, Probe::Found(_)) {
         for d in &row.mirror.destinations {
-            dests.push(probe(engine, d, Role::Destination).await);
+            dests.push(probe_known(known, engine, d, Role::Destination).await);
         }
     }
     let now = SystemTime::now();
@@ -540,7 +561,8 @@ async fn plan_tags(
             status,
             error: row.error.clone(),
         };
-        plans.push(plan_image(ctx, key.to_string(), image_row));
+        // A repository row's images are not asked in bulk (see `known`).
+        plans.push(plan_image(ctx, &NOTHING_KNOWN, key.to_string(), image_row));
     }
     Ok(futures_util::future::join_all(plans).await)
 }

@@ -9,7 +9,7 @@ pub(crate) mod pace;
 pub mod secrets;
 pub mod settings;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use tokio::sync::Mutex;
@@ -19,7 +19,7 @@ use crate::oci::digest::Digest;
 use crate::oci::reference::Reference;
 use crate::registry::auth::{Credentials, DockerConfig};
 use crate::registry::client::{CredentialSource, Registry, RequestCounts};
-use crate::registry::ecr::{Ecr, EcrAccess, EcrHost, RepositoryInfo};
+use crate::registry::ecr::{Ecr, EcrAccess, EcrHost, ImageDigests, RepositoryInfo};
 use crate::registry::secrets::{Secrets, SettingsSource};
 use crate::registry::settings::Settings;
 use crate::registry::settings::{RegistrySettings, SettingsError};
@@ -44,6 +44,8 @@ pub struct Registries {
     ecr: Arc<Ecr>,
     secrets: Arc<Secrets>,
     clients: Mutex<HashMap<ClientKey, Arc<Registry>>>,
+    /// Registries whose bulk digest call failed once this run: HEADs from then on.
+    no_bulk: std::sync::Mutex<HashSet<String>>,
 }
 
 impl Registries {
@@ -80,6 +82,7 @@ impl Registries {
             ecr: Arc::new(Ecr::new(secrets.clone())),
             secrets,
             clients: Mutex::new(HashMap::new()),
+            no_bulk: std::sync::Mutex::default(),
         }
     }
 
@@ -133,6 +136,14 @@ impl Registries {
         Ok(registry)
     }
 
+    /// What this process asked so far of each registry and of ECR's API.
+    pub async fn request_report(&self) -> RequestReport {
+        RequestReport {
+            registries: self.request_counts().await,
+            ecr_api: self.ecr.api_calls(),
+        }
+    }
+
     /// Requests, retries and re-authentications so far, per registry host.
     pub async fn request_counts(&self) -> BTreeMap<String, RequestCounts> {
         let mut out: BTreeMap<String, RequestCounts> = BTreeMap::new();
@@ -142,6 +153,23 @@ impl Registries {
                 .add(&client.stats.snapshot());
         }
         out
+    }
+}
+
+/// What a run asked: the Registry API per host, and ECR's API per operation.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RequestReport {
+    pub registries: BTreeMap<String, RequestCounts>,
+    pub ecr_api: BTreeMap<&'static str, u64>,
+}
+
+impl RequestReport {
+    pub fn registry_requests(&self) -> u64 {
+        self.registries.values().map(|c| c.requests).sum()
+    }
+
+    pub fn ecr_api_calls(&self) -> u64 {
+        self.ecr_api.values().sum()
     }
 }
 
@@ -182,6 +210,50 @@ impl Registries {
                 .await
                 .map_err(Into::into),
         )
+    }
+
+    /// The digests of `ids` (tags or digests) in `image`'s repository, where
+    /// the registry tells many per call: ECR's `DescribeImages`, when `role`
+    /// reaches it with the process's AWS identity (not a login of its own).
+    /// `None` where it cannot, or once such a call failed this run (denied,
+    /// say: logged once): HEAD each. Ids it leaves out are for HEADs too.
+    pub async fn image_digests(
+        &self,
+        image: &Reference,
+        role: Role,
+        ids: &[String],
+    ) -> Option<ImageDigests> {
+        let host = image.registry();
+        let rs = self.settings.registry(host);
+        let own_login = self.explicit(role).is_some()
+            || rs.credentials_secret.is_some()
+            || !matches!(rs.credentials(host), Ok(None));
+        if own_login || self.bulk_off().contains(host) {
+            return None;
+        }
+        let (ecr_host, access) = self.ecr_host(host)?;
+        match self
+            .ecr
+            .image_digests(&ecr_host, &access, image.repository(), ids)
+            .await
+        {
+            Ok(digests) => Some(digests),
+            Err(e) => {
+                if self.bulk_off().insert(host.to_string()) {
+                    tracing::warn!(
+                        registry = host,
+                        error = %crate::error::error_line(&e),
+                        "cannot ask image digests in bulk: HEADing each image instead"
+                    );
+                }
+                None
+            }
+        }
+    }
+
+    fn bulk_off(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        // Poisoned only by a panic mid-insert of a string: still usable.
+        self.no_bulk.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Whether `tag` in `dest`'s repository is immutable, as far as this

@@ -9,12 +9,14 @@
 //! first use; `RepositoryAlreadyExistsException` is success.
 
 mod access;
+mod digests;
 mod host;
 mod mutability;
 #[cfg(test)]
 mod tests;
 
 pub use access::EcrAccess;
+pub use digests::{IMAGES_PER_CALL, ImageDigests};
 pub use host::{
     EcrHost, canonical_registry, endpoint_flags, registry_spellings, same_registry,
     valid_repository_name,
@@ -131,6 +133,8 @@ pub struct Ecr {
     clients: Mutex<HashMap<ClientKey, aws_sdk_ecr::Client>>,
     tokens: std::sync::Mutex<HashMap<TokenKey, TokenSlot>>,
     repositories: std::sync::Mutex<HashMap<(EcrHost, String), RepositoryInfo>>,
+    /// ECR API calls made, by operation, for run reports.
+    calls: std::sync::Mutex<std::collections::BTreeMap<&'static str, u64>>,
 }
 
 /// Refresh this long before ECR's stated expiry.
@@ -191,6 +195,21 @@ impl Ecr {
         }
     }
 
+    fn count_call(&self, operation: &'static str) {
+        // Poisoned only by a panic mid-increment: the count is still usable.
+        *self
+            .calls
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(operation)
+            .or_default() += 1;
+    }
+
+    /// The ECR API calls made so far, by operation.
+    pub fn api_calls(&self) -> std::collections::BTreeMap<&'static str, u64> {
+        self.calls.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
     fn repos(&self) -> std::sync::MutexGuard<'_, HashMap<(EcrHost, String), RepositoryInfo>> {
         // Poisoned only by a panic mid-insert of plain values: still usable.
         self.repositories.lock().unwrap_or_else(|p| p.into_inner())
@@ -249,6 +268,7 @@ impl Ecr {
             cause,
         };
         let client = self.client(host, access).await?;
+        self.count_call("GetAuthorizationToken");
         #[allow(deprecated)] // registryIds still selects the account for cross-account pulls
         let out = client
             .get_authorization_token()
@@ -377,6 +397,7 @@ impl Ecr {
         let client = self.client(host, access).await?;
         let mut out = Vec::new();
         for chunk in digests.chunks(100) {
+            self.count_call("BatchCheckLayerAvailability");
             let answer = client
                 .batch_check_layer_availability()
                 .registry_id(&host.account)
@@ -414,6 +435,7 @@ impl Ecr {
             .send();
         let mut out = Vec::new();
         while let Some(page) = pages.next().await {
+            self.count_call("DescribeRepositories");
             let page =
                 page.map_err(|e| self.list_error("DescribeRepositories", host, access, e))?;
             out.extend(
@@ -449,6 +471,7 @@ impl Ecr {
             .send();
         let mut images: Vec<(i64, Vec<String>)> = Vec::new();
         while let Some(page) = pages.next().await {
+            self.count_call("DescribeImages");
             let page = page.map_err(|e| self.list_error("DescribeImages", host, access, e))?;
             for d in page.image_details() {
                 let pushed = d.image_pushed_at().map(|t| t.secs()).unwrap_or_default();
@@ -486,6 +509,7 @@ impl Ecr {
         repository: &str,
     ) -> Result<Option<TagMutability>, EcrError> {
         use aws_sdk_ecr::operation::describe_repositories::DescribeRepositoriesError;
+        self.count_call("DescribeRepositories");
         match client
             .describe_repositories()
             .registry_id(&host.account)
@@ -555,6 +579,7 @@ impl Ecr {
                 .map_err(|e| err(e.to_string(), Some(Box::new(e))))?;
             req = req.encryption_configuration(cfg);
         }
+        self.count_call("CreateRepository");
         match req.send().await {
             Ok(_) => {
                 tracing::info!(repository, region = %host.region, "created ECR repository");
