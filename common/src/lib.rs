@@ -60,6 +60,8 @@
 //! - [`error`]: the copy path's error type in words a mirror's owner can act
 //!   on, and [`error::error_line`] to render any error chain.
 //! - [`metrics`]: CloudWatch Embedded Metric Format lines.
+//! - [`usage`]: what the process asked of DynamoDB and SQS (requests, and
+//!   the capacity units DynamoDB reports), for run reports.
 //! - [`cli`]: what the binaries share: flags, logging, tables, and
 //!   [`cli::finish`], the exit code of every subcommand.
 //! - [`shutdown`]: the one cancellation token, from SIGINT/SIGTERM.
@@ -75,6 +77,7 @@ pub mod registry;
 pub(crate) mod retry;
 pub mod shutdown;
 pub mod store;
+pub mod usage;
 
 pub use copy::{CopyOptions, CopyReport, CopyRules, DestinationReport, Engine, Outcome};
 pub use error::{Error, Result};

@@ -137,8 +137,12 @@ async fn run(args: RunArgs) -> anyhow::Result<Exit> {
     let mut shown = Vec::new();
     let mut plans =
         std::pin::pin!(scan::plan_stream(&store, &engine, filter.as_ref(), &opts).await);
+    // When the first planned row arrives (its page read and probed): the
+    // rest of the run is the controller's pace, not the first read's.
+    let mut first_row = None;
     while let Some(row_plans) = plans.next().await {
         let row_plans = row_plans.context("scanning the table")?;
+        first_row.get_or_insert_with(|| started.elapsed().as_secs_f64());
         if args.dry_run {
             shown.extend(row_plans.iter().cloned());
         }
@@ -157,6 +161,7 @@ async fn run(args: RunArgs) -> anyhow::Result<Exit> {
             .context("starting workers")?
     };
     summary.seconds = started.elapsed().as_secs_f64();
+    summary.first_row_seconds = first_row.unwrap_or(summary.seconds);
     let requests = engine.registries().request_report().await;
     report(&summary, &requests, scaled, args.output, !args.dry_run)?;
     Ok(if summary.rows_failed > 0 {
@@ -174,6 +179,7 @@ pub fn report(
     print_json: bool,
 ) -> anyhow::Result<()> {
     use mirrorfleet_common::metrics::{Unit, emit};
+    let aws = mirrorfleet_common::usage::snapshot();
     emit(
         "controller",
         &[
@@ -194,6 +200,10 @@ pub fn report(
         workers_started = scaled.unwrap_or(0),
         registry_requests = requests.registry_requests(),
         ecr_api_calls = requests.ecr_api_calls(),
+        dynamodb_requests = aws.requests_to("dynamodb"),
+        dynamodb_read_units = aws.dynamodb_read_units,
+        dynamodb_write_units = aws.dynamodb_write_units,
+        sqs_requests = aws.requests_to("sqs"),
         seconds = summary.seconds,
         "controller run finished"
     );
@@ -203,9 +213,12 @@ pub fn report(
         // Per row read, so a cycle's cost can be judged at any table size.
         let rows = summary.rows_scanned.max(1) as f64;
         v["requests"] = serde_json::to_value(requests)?;
+        v["aws"] = serde_json::to_value(&aws)?;
         v["requests_per_row"] = serde_json::json!({
             "registries": requests.registry_requests() as f64 / rows,
             "ecr_api": requests.ecr_api_calls() as f64 / rows,
+            "dynamodb": aws.requests_to("dynamodb") as f64 / rows,
+            "sqs": aws.requests_to("sqs") as f64 / rows,
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
     }

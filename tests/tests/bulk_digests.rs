@@ -194,6 +194,16 @@ async fn an_ecr_destinations_digests_come_in_bulk_and_heads_where_denied() {
     assert_eq!(v["jobs_enqueued"], 0, "{v}");
     assert_eq!(v["already_queued"], 2, "{v}");
     assert_eq!(describe_calls(&front, from), (4, 0));
+    // The run reports what it asked of AWS: here no write and no message.
+    let asked = v["aws"]["requests"].as_object().unwrap();
+    for write in [
+        "dynamodb:UpdateItem",
+        "dynamodb:PutItem",
+        "sqs:SendMessageBatch",
+    ] {
+        assert!(!asked.contains_key(write), "{write}: {v}");
+    }
+    assert!(asked["dynamodb:Scan"].as_u64().unwrap() >= 1, "{v}");
     assert_eq!(manifest_reads(&front) - reads, 0, "HEADs at ECR");
 
     // A role without `ecr:DescribeImages`: refused once, then a HEAD per

@@ -27,6 +27,8 @@ pub struct RunSummary {
     pub already_queued: u64,
     pub rows_failed: u64,
     pub seconds: f64,
+    /// When the first planned row arrived (a controller run fills it in).
+    pub first_row_seconds: f64,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -17,7 +17,7 @@ use futures_util::{StreamExt as _, TryStreamExt as _};
 use crate::control::table::Mirror;
 use crate::retry::Backoff;
 use crate::store::StoreError;
-use crate::store::dynamo::{DynamoStore, mirror_attributes, s};
+use crate::store::dynamo::{DynamoStore, TOTAL, mirror_attributes, s};
 
 /// Items per `BatchWriteItem` (DynamoDB's limit).
 const WRITE_BATCH: usize = 25;
@@ -82,9 +82,11 @@ impl DynamoStore {
                 .client()
                 .batch_get_item()
                 .request_items(self.table(), ask)
+                .return_consumed_capacity(TOTAL)
                 .send()
                 .await
                 .map_err(|e| self.sdk_err(Some("reading which rows exist"), e))?;
+            crate::usage::consumed(true, out.consumed_capacity());
             for item in out
                 .responses()
                 .and_then(|r| r.get(self.table()))
@@ -132,9 +134,11 @@ impl DynamoStore {
                 .client()
                 .batch_write_item()
                 .request_items(self.table(), std::mem::take(&mut pending))
+                .return_consumed_capacity(TOTAL)
                 .send()
                 .await
                 .map_err(|e| self.sdk_err(Some("writing rows"), e))?;
+            crate::usage::consumed(false, out.consumed_capacity());
             pending = out
                 .unprocessed_items()
                 .and_then(|u| u.get(self.table()))

@@ -16,6 +16,10 @@ use crate::store::item::json_to_attr;
 use crate::store::item::status_to_attr;
 use crate::store::row_from_item;
 
+/// Every call asks what it consumed, for the run's report.
+pub(super) const TOTAL: aws_sdk_dynamodb::types::ReturnConsumedCapacity =
+    aws_sdk_dynamodb::types::ReturnConsumedCapacity::Total;
+
 // ---------------------------------------------------------------- DynamoDB
 
 /// What `table create` made.
@@ -64,7 +68,11 @@ impl DynamoStore {
     pub async fn new(table: &str) -> DynamoStore {
         let conf = crate::aws::config().await;
         DynamoStore {
-            client: aws_sdk_dynamodb::Client::new(&conf),
+            client: aws_sdk_dynamodb::Client::from_conf(
+                aws_sdk_dynamodb::config::Builder::from(&conf)
+                    .interceptor(crate::usage::Tally)
+                    .build(),
+            ),
             table: table.to_string(),
             page_size: None,
         }
@@ -230,6 +238,7 @@ impl DynamoStore {
                         .scan()
                         .table_name(&store.table)
                         .consistent_read(consistent)
+                        .return_consumed_capacity(TOTAL)
                         .set_limit(store.page_size);
                     if segments > 1 {
                         req = req.segment(seg as i32).total_segments(segments as i32);
@@ -241,6 +250,7 @@ impl DynamoStore {
                             return;
                         }
                     };
+                    crate::usage::consumed(true, out.consumed_capacity());
                     let rows = out.items().iter().map(row_from_item).collect();
                     // The consumer stopped (an error, or a shutdown): so do we.
                     if tx.send(Ok(rows)).await.is_err() {
@@ -265,9 +275,11 @@ impl DynamoStore {
             .table_name(&self.table)
             .key("source", s(source))
             .consistent_read(true)
+            .return_consumed_capacity(TOTAL)
             .send()
             .await
             .map_err(|e| self.sdk_err(None, e))?;
+        crate::usage::consumed(true, out.consumed_capacity());
         Ok(out.item().map(row_from_item))
     }
 
@@ -290,10 +302,13 @@ impl DynamoStore {
         if !remove.is_empty() {
             expr.push_str(&format!(" REMOVE {}", remove.join(", ")));
         }
-        req.update_expression(expr)
+        let out = req
+            .update_expression(expr)
+            .return_consumed_capacity(TOTAL)
             .send()
             .await
             .map_err(|e| self.sdk_err(None, e))?;
+        crate::usage::consumed(false, out.consumed_capacity());
         Ok(())
     }
 
@@ -338,7 +353,8 @@ impl DynamoStore {
                 .expression_attribute_names("#st", "status")
                 .expression_attribute_names("#d", dest)
                 .expression_attribute_names("#src", "source")
-                .expression_attribute_values(":v", value.clone());
+                .expression_attribute_values(":v", value.clone())
+                .return_consumed_capacity(TOTAL);
             // Never let an older attempt's result overwrite a newer one's
             // (RFC 3339 UTC strings of one format compare in time order).
             req = match (guard, &st.last_attempt) {
@@ -358,7 +374,10 @@ impl DynamoStore {
                     .expression_attribute_names("#qa", "queued_at"),
             };
             match req.send().await {
-                Ok(_) => return Ok(()),
+                Ok(out) => {
+                    crate::usage::consumed(false, out.consumed_capacity());
+                    return Ok(());
+                }
                 Err(e) => match e.as_service_error() {
                     Some(UpdateItemError::ConditionalCheckFailedException(_)) => {
                         return Err(match self.get(source).await? {

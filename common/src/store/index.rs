@@ -30,7 +30,7 @@ use crate::control::table::{Mirror, ScannedRow};
 use crate::registry::ecr::{canonical_registry, registry_spellings};
 use crate::retry::Backoff;
 use crate::store::StoreError;
-use crate::store::dynamo::{DynamoStore, s};
+use crate::store::dynamo::{DynamoStore, TOTAL, s};
 use crate::store::row_from_item;
 
 /// The index's name, as `table create` and the template create it.
@@ -143,9 +143,11 @@ impl DynamoStore {
                 .client()
                 .batch_get_item()
                 .request_items(self.table(), ask)
+                .return_consumed_capacity(TOTAL)
                 .send()
                 .await
                 .map_err(|e| self.sdk_err(Some("reading the pushed image's row"), e))?;
+            crate::usage::consumed(true, out.consumed_capacity());
             let found = out.responses().and_then(|r| r.get(self.table()));
             rows.extend(found.into_iter().flatten().map(row_from_item));
             wanted = out
@@ -173,9 +175,11 @@ impl DynamoStore {
                 .expression_attribute_names("#scope", ATTRIBUTE)
                 .expression_attribute_values(":scope", s(scope))
                 .set_exclusive_start_key(start.take())
+                .return_consumed_capacity(TOTAL)
                 .send()
                 .await
                 .map_err(|e| self.sdk_err(Some(&query_hint(scope)), e))?;
+            crate::usage::consumed(true, out.consumed_capacity());
             rows.extend(out.items().iter().map(row_from_item));
             match out.last_evaluated_key() {
                 Some(k) if !k.is_empty() => start = Some(k.clone()),
@@ -197,10 +201,14 @@ impl DynamoStore {
             .expression_attribute_names("#scope", ATTRIBUTE)
             .expression_attribute_names("#src", "source")
             .expression_attribute_values(":scope", s(scope))
+            .return_consumed_capacity(TOTAL)
             .send()
             .await;
         match r {
-            Ok(_) => Ok(()),
+            Ok(out) => {
+                crate::usage::consumed(false, out.consumed_capacity());
+                Ok(())
+            }
             Err(e)
                 if matches!(
                     e.as_service_error(),

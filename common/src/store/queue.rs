@@ -154,7 +154,11 @@ impl SqsQueue {
     pub async fn new(url: &str) -> SqsQueue {
         let conf = crate::aws::config().await;
         SqsQueue {
-            client: aws_sdk_sqs::Client::new(&conf),
+            client: aws_sdk_sqs::Client::from_conf(
+                aws_sdk_sqs::config::Builder::from(&conf)
+                    .interceptor(crate::usage::Tally)
+                    .build(),
+            ),
             url: url.to_string(),
         }
     }
