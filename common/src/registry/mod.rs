@@ -224,14 +224,14 @@ impl Registries {
         ids: &[String],
     ) -> Option<ImageDigests> {
         let host = image.registry();
+        let (ecr_host, access) = self.ecr_host(host)?;
         let rs = self.settings.registry(host);
         let own_login = self.explicit(role).is_some()
             || rs.credentials_secret.is_some()
-            || !matches!(rs.credentials(host), Ok(None));
+            || rs.username.is_some();
         if own_login || self.bulk_off().contains(host) {
             return None;
         }
-        let (ecr_host, access) = self.ecr_host(host)?;
         match self
             .ecr
             .image_digests(&ecr_host, &access, image.repository(), ids)

@@ -16,6 +16,10 @@ use crate::store::item::json_to_attr;
 use crate::store::item::status_to_attr;
 use crate::store::row_from_item;
 
+/// Scan pages read ahead of the consumer, across all segments: enough to
+/// keep a page arriving while one is planned.
+const READ_AHEAD: usize = 2;
+
 /// Every call asks what it consumed, for the run's report.
 pub(super) const TOTAL: aws_sdk_dynamodb::types::ReturnConsumedCapacity =
     aws_sdk_dynamodb::types::ReturnConsumedCapacity::Total;
@@ -219,20 +223,25 @@ impl DynamoStore {
         Ok(all)
     }
 
-    /// The table's pages as they are read, `segments` in parallel. Each
-    /// segment reads at most one page ahead of the consumer, so memory is
-    /// bounded by the page size and the segments, not by the table.
-    /// `consistent` asks for strongly consistent reads (twice the read
-    /// units); the controller does not need them, because every write it
-    /// makes is conditional on what it read.
+    /// The table's pages as they are read, `segments` in parallel. However
+    /// many segments, at most [`READ_AHEAD`] pages are being read or waiting
+    /// for the consumer, so memory is bounded by the page size, not by the
+    /// table or the segments. `consistent` asks for strongly consistent
+    /// reads (twice the read units); the controller does not need them,
+    /// because every write it makes is conditional on what it read.
     pub fn pages(&self, segments: u32, consistent: bool) -> super::Pages {
         let segments = segments.max(1);
-        let (tx, rx) = tokio::sync::mpsc::channel(segments as usize);
+        let (tx, rx) = tokio::sync::mpsc::channel(READ_AHEAD);
+        let ahead = std::sync::Arc::new(tokio::sync::Semaphore::new(READ_AHEAD));
         for seg in 0..segments {
-            let (store, tx) = (self.clone(), tx.clone());
+            let (store, tx, ahead) = (self.clone(), tx.clone(), ahead.clone());
             tokio::spawn(async move {
                 let mut start: Option<HashMap<String, AttributeValue>> = None;
                 loop {
+                    // Held until the consumer takes the page off the channel.
+                    let Ok(permit) = ahead.clone().acquire_owned().await else {
+                        return;
+                    };
                     let mut req = store
                         .client
                         .scan()
@@ -246,14 +255,15 @@ impl DynamoStore {
                     let out = match req.set_exclusive_start_key(start.take()).send().await {
                         Ok(out) => out,
                         Err(e) => {
-                            let _ = tx.send(Err(store.sdk_err(Some("scan failed"), e))).await;
+                            let failed = Err(store.sdk_err(Some("scan failed"), e));
+                            let _ = tx.send((failed, permit)).await;
                             return;
                         }
                     };
                     crate::usage::consumed(true, out.consumed_capacity());
                     let rows = out.items().iter().map(row_from_item).collect();
                     // The consumer stopped (an error, or a shutdown): so do we.
-                    if tx.send(Ok(rows)).await.is_err() {
+                    if tx.send((Ok(rows), permit)).await.is_err() {
                         return;
                     }
                     match out.last_evaluated_key() {
@@ -264,7 +274,8 @@ impl DynamoStore {
             });
         }
         Box::pin(futures_util::stream::unfold(rx, |mut rx| async move {
-            rx.recv().await.map(|page| (page, rx))
+            // The permit goes as the page is handed over: another may be read.
+            rx.recv().await.map(|(page, _permit)| (page, rx))
         }))
     }
 
