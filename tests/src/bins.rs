@@ -124,6 +124,18 @@ pub async fn control_setup(
     (env, queue, dlq)
 }
 
+/// `table import` of a mirror file holding `yaml`, which must succeed; its
+/// output line.
+pub fn table_import(env: &Env, yaml: &str) -> String {
+    let file = std::env::temp_dir().join(format!("{}.yaml", crate::unique("mf-import")));
+    std::fs::write(&file, yaml).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+    let path = file.to_str().unwrap_or_default();
+    let (code, out, err) = run_env("mirrorfleet-controller", &["table", "import", path], env);
+    let _ = std::fs::remove_file(&file);
+    assert_eq!(code, 0, "{out}{err}");
+    out
+}
+
 /// `table ls --output json`, which must succeed.
 pub fn table_ls_json(env: &Env) -> Vec<Value> {
     let (code, out, err) = run_env(

@@ -153,15 +153,7 @@ async fn an_ecr_destinations_digests_come_in_bulk_and_heads_where_denied() {
          - source: {src}/{repo}:v1\n    destinations: [{ECR_HOST}/{dest_repo}:gone]\n",
         src = stack.src
     ));
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("mirrors.yaml");
-    std::fs::write(&file, yaml).unwrap();
-    let (code, out, err) = run_env(
-        "mirrorfleet-controller",
-        &["table", "import", file.to_str().unwrap()],
-        &env,
-    );
-    assert_eq!(code, 0, "{out}{err}");
+    table_import(&env, &yaml);
     let rows = TAGS + 2;
 
     // The controller's role: 252 destination digests in 3 chunks of at most

@@ -295,14 +295,7 @@ async fn scan_reads_every_page_of_every_segment() {
             stack.src, stack.dst
         ));
     }
-    let file = std::env::temp_dir().join(format!("{}.yaml", unique("pages")));
-    std::fs::write(&file, yaml).unwrap();
-    let (code, out, err) = run(
-        "mirrorfleet-controller",
-        &["table", "import", file.to_str().unwrap()],
-        &env,
-    );
-    assert_eq!(code, 0, "{out}{err}");
+    let out = mirrorfleet_tests::table_import(&env, &yaml);
     assert!(out.contains("imported 25 mirrors"));
     let (code, out, _) = run(
         "mirrorfleet-controller",

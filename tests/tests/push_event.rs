@@ -110,15 +110,7 @@ async fn a_push_reads_three_requests_of_the_table_and_never_scans() {
             "- source: {src}/{ns}/other-{i}:v1\n  destinations: [{dst}/{ns}/other-{i}:v1]\n  enabled: false\n"
         ));
     }
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("mirrors.yaml");
-    std::fs::write(&file, yaml).unwrap();
-    let (code, out, err) = run_env(
-        "mirrorfleet-controller",
-        &["table", "import", file.to_str().unwrap()],
-        &env,
-    );
-    assert_eq!(code, 0, "{out}{err}");
+    table_import(&env, &yaml);
     // A repository row typed by hand in the console: no index attribute.
     let web = format!("{src}/{ns}/web");
     moto_dynamodb(&stack)

@@ -48,14 +48,6 @@ impl Known {
     pub fn get(&self, r: &Reference, role: Role) -> Option<Probe> {
         self.digests.get(&key(r, role)).cloned()
     }
-
-    pub fn len(&self) -> usize {
-        self.digests.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.digests.is_empty()
-    }
 }
 
 /// Ask, per repository, for the sources and destinations of `rows` that the

@@ -173,9 +173,6 @@ pub async fn probe(engine: &Engine, r: &Reference, role: Role) -> Probe {
     }
 }
 
-/// For images no bulk call was asked about.
-static NOTHING_KNOWN: std::sync::LazyLock<Known> = std::sync::LazyLock::new(Known::default);
-
 /// What a bulk call told of one image, else its HEAD.
 async fn probe_known(known: &Known, engine: &Engine, r: &Reference, role: Role) -> Probe {
     match known.get(r, role) {
@@ -543,6 +540,8 @@ async fn plan_tags(
         .await
         .map_err(|e| format!("cannot list the tags of {source}: {e}"))?;
     let images = mirror.expand(&rules.apply(&tags))?;
+    // A repository row's images are not asked in bulk (see `known`).
+    let nothing_known = Known::default();
     let mut plans = Vec::new();
     for image in images {
         if filter.is_some_and(|f| !f.concerns(&image.source)) {
@@ -561,8 +560,7 @@ async fn plan_tags(
             status,
             error: row.error.clone(),
         };
-        // A repository row's images are not asked in bulk (see `known`).
-        plans.push(plan_image(ctx, &NOTHING_KNOWN, key.to_string(), image_row));
+        plans.push(plan_image(ctx, &nothing_known, key.to_string(), image_row));
     }
     Ok(futures_util::future::join_all(plans).await)
 }
