@@ -34,8 +34,10 @@ pub struct SyncArgs {
     /// The mirror list (YAML).
     #[arg(env = "MIRRORFLEET_MIRRORS")]
     file: PathBuf,
-    /// Images copied at once.
-    #[arg(long, env = "MIRRORFLEET_WORKERS", default_value_t = 4)]
+    /// The most images copied at once. How many are is adapted below it:
+    /// it grows while throughput grows and backs off when registries answer
+    /// 429 or time out, so the default needs no tuning.
+    #[arg(long, env = "MIRRORFLEET_WORKERS", default_value_t = consume::DEFAULT_MAX_JOBS)]
     workers: usize,
     /// Attempts per image before it is given up for this run.
     #[arg(long, env = "MIRRORFLEET_MAX_ATTEMPTS", default_value_t = 3)]

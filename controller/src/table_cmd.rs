@@ -20,14 +20,19 @@ use mirrorfleet_common::store::DynamoStore;
     after_help = "Examples:\n  \
   mirrorfleet-controller table create --table mirrors\n  \
   mirrorfleet-controller table add --table mirrors golang:1.17 \\\n      \
-      123456789012.dkr.ecr.us-east-1.amazonaws.com/golang:1.17 123456789012.dkr.ecr.us-east-2.amazonaws.com/golang:1.17\n  \
+      123456789012.dkr.ecr.us-east-1.amazonaws.com/golang:1.17 \\\n      \
+      123456789012.dkr.ecr.us-east-2.amazonaws.com/golang:1.17\n  \
+  # The 5 newest tags >= 1.20, kept as mirror/library/golang\n  \
   mirrorfleet-controller table add --table mirrors --semver '>=1.20' --latest 5 golang \\\n      \
-      123456789012.dkr.ecr.us-east-1.amazonaws.com/mirror/     # the 5 newest tags >= 1.20, kept as mirror/library/golang\n  \
+      123456789012.dkr.ecr.us-east-1.amazonaws.com/mirror/\n  \
+  # A whole namespace: team/app -> migrated/app\n  \
   mirrorfleet-controller table add --table mirrors --strip team 'harbor.example.com/team/*' \\\n      \
-      123456789012.dkr.ecr.us-east-1.amazonaws.com/migrated/   # team/app -> migrated/app\n  \
-  mirrorfleet-controller table add --table mirrors --platform linux/amd64,linux/arm64 nginx:1.27 \\\n      \
-      123456789012.dkr.ecr.us-east-1.amazonaws.com/nginx:1.27   # two platforms only (a filtered index)\n  \
-  mirrorfleet-controller table ls --table mirrors --expand   # each image of repository rows\n  \
+      123456789012.dkr.ecr.us-east-1.amazonaws.com/migrated/\n  \
+  # Two platforms only (a filtered index)\n  \
+  mirrorfleet-controller table add --table mirrors --platform linux/amd64,linux/arm64 \\\n      \
+      nginx:1.27 123456789012.dkr.ecr.us-east-1.amazonaws.com/nginx:1.27\n  \
+  # Each image of repository rows\n  \
+  mirrorfleet-controller table ls --table mirrors --expand\n  \
   mirrorfleet-controller table ls --table mirrors\n  \
   mirrorfleet-controller table import --table mirrors mirrors.yaml\n  \
   mirrorfleet-controller table export --table mirrors --format csv > mirrors.csv"

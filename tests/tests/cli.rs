@@ -97,18 +97,106 @@ async fn worker_copy_output_and_exit_codes() {
     }
 }
 
+/// The lines of a help text's `Examples:` section (indented lines up to
+/// the next unindented one).
+fn example_lines(help: &str) -> Vec<&str> {
+    help.lines()
+        .skip_while(|l| !l.starts_with("Examples:"))
+        .skip(1)
+        .take_while(|l| l.is_empty() || l.starts_with(' '))
+        .collect()
+}
+
+/// Why an Examples section cannot be pasted into a shell as printed: a line
+/// that is neither a command, a comment, nor the continuation of a line
+/// ending in `\` (what clap's wrapping of a long line leaves), or a flag the
+/// subcommand does not have.
+fn unpasteable(examples: &[&str], help: &str) -> Vec<String> {
+    let starts_command = |l: &str| {
+        ["mirrorfleet-", "aws ", "export ", "cat "]
+            .iter()
+            .any(|p| l.starts_with(p))
+    };
+    let mut problems = Vec::new();
+    let mut continued = false;
+    for line in examples {
+        let t = line.trim();
+        if t.is_empty() {
+            if continued {
+                problems.push("a `\\` continues into a blank line".to_string());
+            }
+            continued = false;
+            continue;
+        }
+        if !continued && !t.starts_with('#') && !starts_command(t) {
+            problems.push(format!("not a command, comment or continuation: {t:?}"));
+        }
+        if !t.starts_with('#') {
+            let command = t.split(" #").next().unwrap_or(t);
+            for flag in command.split_whitespace().filter(|w| w.starts_with("--")) {
+                let name = flag.split('=').next().unwrap_or(flag);
+                if !help.contains(&format!("{name} ")) && !help.contains(&format!("{name}\n")) {
+                    problems.push(format!("{name} is not a flag of this subcommand: {t:?}"));
+                }
+            }
+        }
+        continued = t.ends_with('\\');
+    }
+    problems
+}
+
+#[test]
+fn unpasteable_examples_are_caught() {
+    let help = "Options:\n  --platform <OS/ARCH>\n  --jobs <JOBS>\n";
+    let wrapped = [
+        "  mirrorfleet-worker copy --platform linux/amd64,linux/arm64 nginx:1.27",
+        "  registry.example.com/nginx:1.27",
+    ];
+    assert_eq!(unpasteable(&wrapped, help).len(), 1);
+    let unknown = ["  mirrorfleet-worker consume --concurrency 8"];
+    assert_eq!(unpasteable(&unknown, help).len(), 1);
+    let good = [
+        "  # two platforms",
+        "  mirrorfleet-worker copy --platform linux/amd64 \\",
+        "      nginx:1.27 registry.example.com/nginx:1.27",
+        "",
+        "  mirrorfleet-worker consume --jobs 8   # eight at once",
+    ];
+    assert_eq!(unpasteable(&good, help), Vec::<String>::new());
+}
+
+/// Every subcommand's `--help` has examples that paste into a shell as
+/// printed (clap wraps help at 100 columns, which breaks a long command
+/// line in two) and name only flags the subcommand has.
 #[tokio::test]
-async fn help_has_examples() {
-    for (bin, sub) in [
-        ("mirrorfleet-worker", "copy"),
-        ("mirrorfleet-controller", "check"),
-    ] {
-        let (code, out, _) = run_bin(bin, &[sub, "--help"], &[]);
+async fn help_has_examples_that_paste() {
+    let subcommands: [(&str, &[&str]); 6] = [
+        ("mirrorfleet-worker", &["copy"]),
+        ("mirrorfleet-worker", &["consume"]),
+        ("mirrorfleet-controller", &["check"]),
+        ("mirrorfleet-controller", &["run"]),
+        ("mirrorfleet-controller", &["sync"]),
+        ("mirrorfleet-controller", &["table"]),
+    ];
+    for (bin, sub) in subcommands {
+        let args: Vec<&str> = sub.iter().copied().chain(["--help"]).collect();
+        let (code, out, _) = run_bin(bin, &args, &[]);
         assert_eq!(code, 0);
         assert!(
             out.contains("Examples:") && out.contains("[env: MIRRORFLEET_"),
-            "{bin} {sub}: {out}"
+            "{bin} {sub:?}: {out}"
         );
+        let examples = example_lines(&out);
+        assert!(examples.len() >= 2, "{bin} {sub:?}: {out}");
+        // Flags of `table`'s own subcommands are checked against their help.
+        let mut all_help = out.clone();
+        if sub == ["table"] {
+            for t in ["create", "add", "rm", "ls", "import", "export"] {
+                all_help.push_str(&run_bin(bin, &["table", t, "--help"], &[]).1);
+            }
+        }
+        let problems = unpasteable(&examples, &all_help);
+        assert!(problems.is_empty(), "{bin} {sub:?}: {problems:#?}\n{out}");
     }
 }
 

@@ -393,17 +393,11 @@ async fn controllers_killed_mid_scan_or_run_twice_at_once_enqueue_each_row_once(
     .await;
     assert_eq!(code, 0, "{out}{err}");
 
-    // Killed mid-scan, twice (small pages: the scan takes a while)...
+    // Killed while enqueueing, on a table nothing has claimed yet: its SQS
+    // traffic goes through a gate that holds every send after the first
+    // batch, so the next batch is claimed and never sent, which only the
+    // hold-off below brings back.
     let scan = ["run", "--segments", "1", "--scan-page-size", "3"];
-    for _ in 0..2 {
-        let child = spawn("mirrorfleet-controller", &scan, &env);
-        let ms = rand::rng().random_range(50..400);
-        tokio::time::sleep(Duration::from_millis(ms)).await;
-        kill9(child).await;
-    }
-    // ...and once while enqueueing: its SQS traffic goes through a gate that
-    // holds every send after the first batch, so the next batch is claimed
-    // and never sent, which only the hold-off below brings back.
     let gate = mirrorfleet_tests::ecr_double::AwsGate::start(
         &stack.moto,
         mirrorfleet_tests::iam::Policy::everything(),
@@ -423,8 +417,18 @@ async fn controllers_killed_mid_scan_or_run_twice_at_once_enqueue_each_row_once(
     }
     assert_eq!(gate.held(), 1, "the second batch was never sent");
     kill9(child).await;
+    let after_gate = queue_depth(&stack, &queue).await;
+    assert_eq!(after_gate, 10, "the first batch, and nothing after it");
+    // Then killed mid-scan, twice (small pages: the scan takes a while). The
+    // controller enqueues page by page, so these may send a batch, or claim
+    // one and die before sending it: the accounting below counts both.
+    for _ in 0..2 {
+        let child = spawn("mirrorfleet-controller", &scan, &env);
+        let ms = rand::rng().random_range(50..400);
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        kill9(child).await;
+    }
     let after_kills = queue_depth(&stack, &queue).await;
-    assert_eq!(after_kills, 10, "the first batch, and nothing after it");
     // Then two at once.
     let (a, b) = tokio::join!(
         run("mirrorfleet-controller", &scan, &env),
@@ -484,7 +488,7 @@ async fn controllers_killed_mid_scan_or_run_twice_at_once_enqueue_each_row_once(
     }
     assert_eq!(queue_depth(&stack, &dlq).await, 0);
     eprintln!(
-        "controllers: 2 killed mid-scan, 1 mid-enqueue ({after_kills} jobs sent before the kills), 2 concurrent; \
+        "controllers: 1 killed mid-enqueue ({after_gate} jobs sent), 2 killed mid-scan ({after_kills} sent by then), 2 concurrent; \
          {first} jobs, then {second} re-queued after the hold-off; {ROWS} rows synced once each"
     );
 }

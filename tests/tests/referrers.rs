@@ -351,3 +351,198 @@ async fn per_platform_signatures_travel_and_a_subset_takes_only_its_own() {
     assert!(sk.raw(&format!("{subset}:{}", sigs[amd].0)).is_err());
     assert!(sk.raw(&format!("{subset}:{}", sigs[&image].0)).is_err());
 }
+
+/// Without a referrers API, one listing of the repository's tags tells which
+/// referrer tags exist for every image copied at once: only those are asked
+/// for, so no HEAD of a `sha256-*` tag answers 404 (four per manifest
+/// before). cosign's `.sig`, `.att`, `.sbom` tags and a tag schema index
+/// each still travel.
+#[tokio::test]
+async fn referrer_tags_are_found_in_one_listing_per_repository() {
+    let stack = Stack::get();
+    let repo = unique("listed");
+    let p = Pusher::new(Target::plain(&stack.src)).unwrap();
+    let signed = push_image(&stack, &repo, "signed").await;
+    let indexed = push_image(&stack, &repo, "indexed").await;
+    push_image(&stack, &repo, "bare").await;
+    let mut cosign = Vec::new();
+    for (suffix, kind) in [(".sig", COSIGN_SIG), (".att", SPDX), (".sbom", SPDX)] {
+        let raw = push_artifact(&p, &repo, kind, kind, None).await;
+        let tag = format!("{}{suffix}", tag_form(&signed));
+        p.manifest(&repo, &tag, OCI_MANIFEST, &raw).await.unwrap();
+        cosign.push((tag, sha256(&raw)));
+    }
+    let indexed_raw = Skopeo::plain()
+        .raw(&format!("{}/{repo}@{indexed}", stack.src))
+        .unwrap();
+    let subject = json!({"mediaType": OCI_INDEX, "digest": indexed, "size": indexed_raw.len()});
+    let sbom = push_artifact(&p, &repo, SPDX, EMPTY, Some(subject)).await;
+    let entry = json!({"mediaType": OCI_MANIFEST, "digest": sha256(&sbom),
+        "size": sbom.len(), "artifactType": SPDX});
+    let schema_index = p
+        .index(&repo, &tag_form(&indexed), false, vec![entry], json!({}))
+        .await
+        .unwrap();
+
+    let listings = || count_requests(&stack, "src", &[&format!("\"GET /v2/{repo}/tags/list")]);
+    let missed = || {
+        count_requests(
+            &stack,
+            "src",
+            &[
+                &format!("\"HEAD /v2/{repo}/manifests/sha256-"),
+                "HTTP/1.1\" 404 ",
+            ],
+        )
+    };
+    let engine = engine(&[&stack.src, &stack.dst], CopyOptions::default());
+    let dest_repo = format!("{}/{repo}-mirror", stack.dst);
+    let srcs = ["signed", "indexed", "bare"].map(|t| format!("{}/{repo}:{t}", stack.src));
+    let dests = ["signed", "indexed", "bare"].map(|t| format!("{dest_repo}:{t}"));
+    let (a, b, c) = tokio::join!(
+        copy(&engine, &srcs[0], &dests[0]),
+        copy(&engine, &srcs[1], &dests[1]),
+        copy(&engine, &srcs[2], &dests[2]),
+    );
+    for (r, want) in [(&a, 3), (&b, 1), (&c, 0)] {
+        let d = &r.destinations[0];
+        assert_eq!(d.outcome, Outcome::Copied, "{:?}", d.error);
+        assert!(d.warnings.is_empty(), "{:?}", d.warnings);
+        assert_eq!(d.referrers_copied, want, "{}", r.source);
+    }
+    let sk = Skopeo::plain();
+    for (tag, digest) in &cosign {
+        assert_eq!(&sk.digest(&format!("{dest_repo}:{tag}")).unwrap(), digest);
+    }
+    assert_eq!(
+        sk.digest(&format!("{dest_repo}:{}", tag_form(&indexed)))
+            .unwrap(),
+        schema_index
+    );
+    assert_eq!(listings(), 1, "one listing for the three images");
+    assert_eq!(missed(), 0, "no HEAD of a referrer tag that is not there");
+}
+
+/// A repository over the listing threshold (10,000 tags) is not listed
+/// past it: its referrer tags are asked by HEAD, as before, and it is not
+/// listed again by the same process. Its signature still travels.
+#[tokio::test]
+async fn a_repository_over_the_listing_threshold_is_asked_by_head() {
+    let stack = Stack::get();
+    let mut routes: HashMap<String, FakeRoute> = HashMap::new();
+    let blob = |routes: &mut HashMap<String, FakeRoute>, data: &[u8]| {
+        routes.insert(
+            format!("/v2/app/blobs/{}", sha256(data)),
+            (
+                200,
+                "application/octet-stream".into(),
+                vec![],
+                data.to_vec(),
+            ),
+        );
+    };
+    let manifest = |routes: &mut HashMap<String, FakeRoute>, names: &[&str], raw: &[u8]| {
+        for name in names {
+            routes.insert(
+                format!("/v2/app/manifests/{name}"),
+                (
+                    200,
+                    OCI_MANIFEST.into(),
+                    vec![("Docker-Content-Digest".into(), sha256(raw))],
+                    raw.to_vec(),
+                ),
+            );
+        }
+    };
+    routes.insert(
+        "/v2/".into(),
+        (200, "application/json".into(), vec![], b"{}".to_vec()),
+    );
+    let cfg = br#"{"architecture":"amd64","os":"linux"}"#.to_vec();
+    let layer = random_bytes(500);
+    blob(&mut routes, &cfg);
+    blob(&mut routes, &layer);
+    let image = serde_json::to_vec(&json!({"schemaVersion": 2, "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": OCI_CONFIG, "digest": sha256(&cfg), "size": cfg.len()},
+        "layers": [{"mediaType": OCI_LAYER, "digest": sha256(&layer), "size": layer.len()}]}))
+    .unwrap();
+    let image_digest = sha256(&image);
+    manifest(&mut routes, &["v1", "v2", &image_digest], &image);
+    let sig_layer = random_bytes(100);
+    blob(&mut routes, b"{}");
+    blob(&mut routes, &sig_layer);
+    let sig = serde_json::to_vec(&json!({"schemaVersion": 2, "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": COSIGN_SIG, "digest": sha256(b"{}"), "size": 2},
+        "layers": [{"mediaType": COSIGN_SIG, "digest": sha256(&sig_layer), "size": sig_layer.len()}]}))
+    .unwrap();
+    let sig_tag = format!("{}.sig", tag_form(&image_digest));
+    manifest(&mut routes, &[&sig_tag, &sha256(&sig)], &sig);
+    // Twelve linked pages of 1,000 tags: the threshold is crossed on the 11th.
+    for page in 0..12 {
+        let path = match page {
+            0 => "/v2/app/tags/list?n=1000".to_string(),
+            p => format!("/v2/app/tags/list?n=1000&last=p{p}"),
+        };
+        let tags: Vec<String> = (0..1000).map(|i| format!("t{page}-{i}")).collect();
+        let link = vec![(
+            "Link".to_string(),
+            format!(
+                "</v2/app/tags/list?n=1000&last=p{}>; rel=\"next\"",
+                page + 1
+            ),
+        )];
+        routes.insert(
+            path,
+            (
+                200,
+                "application/json".into(),
+                if page < 11 { link } else { vec![] },
+                serde_json::to_vec(&json!({"name": "app", "tags": tags})).unwrap(),
+            ),
+        );
+    }
+    let fake = FakeRegistry::start(routes).await.unwrap();
+
+    let engine = engine(&[&fake.addr, &stack.dst], CopyOptions::default());
+    let dest_repo = format!("{}/{}", stack.dst, unique("over-threshold"));
+    let r = copy(
+        &engine,
+        &format!("{}/app:v1", fake.addr),
+        &format!("{dest_repo}:v1"),
+    )
+    .await;
+    let d = &r.destinations[0];
+    assert_eq!(d.outcome, Outcome::Copied, "{:?}", d.error);
+    assert!(d.warnings.is_empty(), "{:?}", d.warnings);
+    assert_eq!(d.referrers_copied, 1, "the signature");
+    assert_eq!(
+        Skopeo::plain()
+            .digest(&format!("{dest_repo}:{sig_tag}"))
+            .unwrap(),
+        sha256(&sig)
+    );
+    assert_eq!(
+        fake.count("GET /v2/app/tags/list"),
+        11,
+        "stopped past 10,000"
+    );
+    let hex = image_digest.replace("sha256:", "");
+    let requests = fake.requests.lock().unwrap().clone();
+    for suffix in ["", ".sig", ".att", ".sbom"] {
+        let head = format!("HEAD /v2/app/manifests/sha256-{hex}{suffix}");
+        assert_eq!(
+            requests.iter().filter(|r| **r == head).count(),
+            1,
+            "{suffix}"
+        );
+    }
+    // Another image of the same repository: HEADs, no listing again.
+    let r = copy(
+        &engine,
+        &format!("{}/app:v2", fake.addr),
+        &format!("{dest_repo}:v2"),
+    )
+    .await;
+    assert_eq!(r.destinations[0].outcome, Outcome::Copied);
+    assert_eq!(fake.count("GET /v2/app/tags/list"), 11);
+}

@@ -17,7 +17,8 @@ use tokio_util::sync::CancellationToken;
     after_help = "Examples:\n  \
   mirrorfleet-worker consume --table mirrors --queue-url $QUEUE_URL\n  \
   # As a Batch job: stop once the queue has been empty for a minute\n  \
-  mirrorfleet-worker consume --table mirrors --queue-url $QUEUE_URL --exit-when-idle 60s --concurrency 8\n\n\
+  mirrorfleet-worker consume --table mirrors --queue-url $QUEUE_URL \\\n      \
+      --exit-when-idle 60s --jobs 8\n\n\
 SIGTERM (Batch, Spot) stops taking jobs and releases the ones in hand for another worker;\n\
 a second signal exits at once."
 )]
@@ -28,8 +29,10 @@ pub struct ConsumeArgs {
     /// The job queue (SQS URL).
     #[arg(long, env = "MIRRORFLEET_QUEUE_URL")]
     queue_url: String,
-    /// Jobs (images) copied at once.
-    #[arg(long = "jobs", env = "MIRRORFLEET_JOBS", default_value_t = 4)]
+    /// The most jobs (images) copied at once. How many are is adapted
+    /// below it: it grows while throughput grows and backs off when
+    /// registries answer 429 or time out, so the default needs no tuning.
+    #[arg(long = "jobs", env = "MIRRORFLEET_JOBS", default_value_t = consume::DEFAULT_MAX_JOBS)]
     jobs: usize,
     /// How long a received job stays hidden from other workers; extended every third of it while the copy runs.
     #[arg(long, env = "MIRRORFLEET_VISIBILITY", default_value = "2m", value_parser = mirrorfleet_common::cli::parse_duration)]

@@ -22,7 +22,8 @@ use tokio_util::sync::CancellationToken;
   mirrorfleet-worker copy golang:1.17 \\\n      \
       123456789012.dkr.ecr.us-east-1.amazonaws.com/golang:1.17,123456789012.dkr.ecr.us-east-2.amazonaws.com/golang:1.17\n\n  \
   # Only two platforms of a multi-platform image (a filtered index, new digest)\n  \
-  mirrorfleet-worker copy --platform linux/amd64,linux/arm64 nginx:1.27 registry.example.com/nginx:1.27\n\n  \
+  mirrorfleet-worker copy --platform linux/amd64,linux/arm64 \\\n      \
+      nginx:1.27 registry.example.com/nginx:1.27\n\n  \
   # Between two local registries over plain HTTP, summary as JSON\n  \
   mirrorfleet-worker copy --plain-http 127.0.0.1:5001,127.0.0.1:5002 --output json \\\n      \
       127.0.0.1:5001/app:1.0 127.0.0.1:5002/mirror/app:1.0\n\n  \

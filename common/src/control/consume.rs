@@ -2,7 +2,9 @@
 //! outcome to the table, and delete the message only when every destination
 //! is synced.
 //!
-//! - Up to `concurrency` jobs run at once, each holding a semaphore permit.
+//! - Jobs run at once up to a limit that adapts (`control::concurrency`):
+//!   it grows while throughput grows and backs off when registries push
+//!   back, never above `concurrency`. Each job holds a permit.
 //! - While a copy runs its message's visibility is extended (heartbeat), so a
 //!   long copy is never delivered to a second worker at the same time.
 //! - A failed destination leaves the message to be redelivered; after the
@@ -17,11 +19,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::control::concurrency::{Adaptive, ConcurrencyReport};
 use crate::control::job::Job;
 use crate::control::table::status::Attempt;
 use crate::control::table::{DestStatus, now_rfc3339};
@@ -30,12 +32,16 @@ use crate::retry::Backoff;
 use crate::store::queue::{Message, Queue};
 use crate::store::{Store, StoreError};
 
+/// The default cap on images copied at once (`--jobs`, `--workers`): high
+/// enough that the adaptive limit, not the cap, decides.
+pub const DEFAULT_MAX_JOBS: usize = 32;
+
 /// SQS's longest visibility timeout: 12 hours.
 const MAX_VISIBILITY: Duration = Duration::from_secs(12 * 3600);
 
 #[derive(Debug, Clone)]
 pub struct ConsumeOptions {
-    /// Jobs in flight at once.
+    /// The most jobs in flight at once; how many do is adapted below it.
     pub concurrency: usize,
     /// How long a received message stays invisible; extended by the heartbeat.
     pub visibility: Duration,
@@ -55,7 +61,7 @@ pub struct ConsumeOptions {
 impl Default for ConsumeOptions {
     fn default() -> Self {
         ConsumeOptions {
-            concurrency: 4,
+            concurrency: DEFAULT_MAX_JOBS,
             visibility: Duration::from_secs(120),
             wait: Duration::from_secs(20),
             exit_when_idle: None,
@@ -74,6 +80,8 @@ pub struct ConsumeSummary {
     pub malformed: u64,
     pub released: u64,
     pub bytes_copied: u64,
+    /// How many images were copied at once, and how that changed.
+    pub concurrency: ConcurrencyReport,
 }
 
 /// How one job ended.
@@ -93,7 +101,7 @@ pub async fn run(
     opts: ConsumeOptions,
     shutdown: CancellationToken,
 ) -> ConsumeSummary {
-    let permits = Arc::new(Semaphore::new(opts.concurrency.max(1)));
+    let permits = Adaptive::new(opts.concurrency);
     let mut tasks: JoinSet<(JobEnd, u64)> = JoinSet::new();
     let mut summary = ConsumeSummary::default();
     let mut idle_since = Instant::now();
@@ -101,6 +109,7 @@ pub async fn run(
     loop {
         while let Some(done) = tasks.try_join_next() {
             tally(&mut summary, done);
+            permits.finished(engine.registries().pushback().await);
             idle_since = Instant::now();
         }
         if shutdown.is_cancelled() {
@@ -122,10 +131,17 @@ pub async fn run(
         }
         // Wait for a free slot before taking messages, so none sit unworked.
         let first = tokio::select! {
-            p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+            p = permits.acquire() => match p { Some(p) => p, None => break },
+            // A job ending frees a slot and may move the limit.
+            Some(done) = tasks.join_next(), if !tasks.is_empty() => {
+                tally(&mut summary, done);
+                permits.finished(engine.registries().pushback().await);
+                idle_since = Instant::now();
+                continue;
+            }
             _ = shutdown.cancelled() => break,
         };
-        let free = 1 + permits.available_permits();
+        let free = 1 + permits.available();
         let wait = match opts.exit_when_idle {
             Some(limit) if tasks.is_empty() => opts.wait.min(
                 limit
@@ -158,9 +174,9 @@ pub async fn run(
         for m in messages {
             let permit = match first.take() {
                 Some(p) => p,
-                None => match permits.clone().acquire_owned().await {
-                    Ok(p) => p,
-                    Err(_) => break,
+                None => match permits.acquire().await {
+                    Some(p) => p,
+                    None => break,
                 },
             };
             let (engine, queue, store, opts, cancel) = (
@@ -189,6 +205,7 @@ pub async fn run(
     while let Some(done) = tasks.join_next().await {
         tally(&mut summary, done);
     }
+    summary.concurrency = permits.report();
     summary
 }
 

@@ -1,6 +1,7 @@
 //! The control plane: the mirror table's rows, the controller's decision,
 //! jobs, and the worker loop.
 
+pub mod concurrency;
 pub mod consume;
 pub mod enqueue;
 pub mod job;

@@ -136,6 +136,9 @@ struct Ctx<'a> {
     /// Bounds the HEADs in flight, across rows and a repository row's images.
     limit: Arc<Semaphore>,
     opts: &'a ScanOptions,
+    /// When the scan started: a repository's tag listing taken since then
+    /// serves every row in it.
+    started: std::time::Instant,
 }
 
 /// The referrer tags the source has that the destination lacks or holds at
@@ -214,6 +217,7 @@ pub async fn plan_stream<'a>(
         filter,
         limit: Arc::new(Semaphore::new(opts.concurrency.max(1))),
         opts,
+        started: std::time::Instant::now(),
     };
     // An event's rows come from the source index; only an event that names
     // no registry (or a file's table) needs the scan.
@@ -347,7 +351,7 @@ async fn plan_image(ctx: &Ctx<'_>, known: &Known, key: String, row: Row) -> RowP
         // referrers are not theirs.
         if check
             && row.mirror.platforms.is_empty()
-            && let Some(missing) = referrer_facts(engine, &row, digest, &p).await
+            && let Some(missing) = referrer_facts(engine, &row, digest, &p, ctx.started).await
         {
             p = plan_with_referrers(
                 &row,
@@ -376,12 +380,13 @@ async fn referrer_facts(
     row: &Row,
     digest: &crate::oci::digest::Digest,
     p: &Plan,
+    since: std::time::Instant,
 ) -> Option<Vec<Vec<String>>> {
     let Plan::Act { copy, pending, .. } = p else {
         return None;
     };
     let tags = crate::oci::referrers::referrer_tags(digest);
-    let at_source = head_tags(engine, &row.mirror.source, &tags, Role::Source).await;
+    let at_source = head_tags(engine, &row.mirror.source, &tags, Role::Source, since).await;
     if at_source.iter().all(Option::is_none) {
         return None;
     }
@@ -391,21 +396,32 @@ async fn referrer_facts(
             missing.push(Vec::new());
             continue;
         }
-        let at_dest = head_tags(engine, d, &tags, Role::Destination).await;
+        let at_dest = head_tags(engine, d, &tags, Role::Destination, since).await;
         missing.push(referrers_missing(&tags, &at_source, &at_dest));
     }
     Some(missing)
 }
 
-/// The digest each of `tags` of `image`'s repository points at, if any.
+/// The digest each of `tags` of `image`'s repository points at, if any:
+/// by HEAD, for the tags the repository's listing (one per repository and
+/// scan) holds, or for all where it is not listed.
 async fn head_tags(
     engine: &Engine,
     image: &Reference,
     tags: &[String],
     role: Role,
+    since: std::time::Instant,
 ) -> Vec<Option<crate::oci::digest::Digest>> {
+    let listed = match engine.registries().get(image.registry(), role).await {
+        Ok(reg) => reg.referrer_tags(image.repository(), since).await,
+        Err(_) => None,
+    };
     let mut out = Vec::with_capacity(tags.len());
     for t in tags {
+        if listed.as_ref().is_some_and(|l| !l.contains(t)) {
+            out.push(None);
+            continue;
+        }
         let found = match image.with_tag(t) {
             Ok(tagged) => probe(engine, &tagged, role).await,
             Err(e) => Probe::Error(e.to_string()),

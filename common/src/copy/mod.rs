@@ -229,7 +229,7 @@ impl Engine {
             Ok(resolved) => {
                 if self.options.referrers {
                     tokio::select! {
-                        () = self.copy_referrers(source, &resolved, &dests, &bytes_read) => {}
+                        () = self.copy_referrers(source, &resolved, &dests, &bytes_read, started) => {}
                         _ = cancel.cancelled() => {
                             for d in dests.iter().filter(|d| !d.failed()) {
                                 d.warn("cancelled before all referrers were copied".into());

@@ -5,6 +5,7 @@
 use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
 
 use crate::error::{Error, Result};
 use crate::oci::digest::Digest;
@@ -67,6 +68,7 @@ impl Engine {
         resolved: &Resolved,
         dests: &[Dest],
         bytes_read: &AtomicU64,
+        since: Instant,
     ) {
         let targets: Vec<&Dest> = dests
             .iter()
@@ -118,7 +120,7 @@ impl Engine {
         let mut queue: VecDeque<(Digest, usize)> = subjects.into_iter().map(|d| (d, 0)).collect();
         let mut seen: HashSet<Digest> = queue.iter().map(|(d, _)| d.clone()).collect();
         while let Some((subject, depth)) = queue.pop_front() {
-            let found = match self.discover(&src, repo, &subject).await {
+            let found = match self.discover(&src, repo, &subject, since).await {
                 Ok(f) => f,
                 Err(e) => {
                     warn_all(format!("referrers of {subject} not copied: {e}"));
@@ -155,19 +157,34 @@ impl Engine {
 
     /// List what refers to `subject` at the source: the referrers API, or
     /// the tag schema index where the API is missing, plus cosign's tags
-    /// (cosign writes those whatever the registry supports).
+    /// (cosign writes those whatever the registry supports). Referrer tags
+    /// are looked up in the repository's listing (one per repository, sent
+    /// no earlier than `since`, when the image was read), so only those that
+    /// exist are asked for; by HEAD where the repository is not listed.
     pub(super) async fn discover(
         &self,
         src: &Registry,
         repo: &str,
         subject: &Digest,
+        since: Instant,
     ) -> Result<Found> {
         let mut found = Found::default();
         let by_digest = |d: &Descriptor| Artifact {
             digest: d.digest.clone(),
             tag: None,
         };
-        match src.referrers(repo, subject).await? {
+        let api = src.referrers(repo, subject).await?;
+        let wanted_cosign: Vec<_> = COSIGN_TAGS
+            .iter()
+            .filter(|(_, t)| self.wanted(Some(t)))
+            .collect();
+        let listed = if api.is_none() || !wanted_cosign.is_empty() {
+            src.referrer_tags(repo, since).await
+        } else {
+            None
+        };
+        let present = |tag: &str| listed.as_ref().is_none_or(|l| l.contains(tag));
+        match api {
             Some(list) => found.artifacts.extend(
                 list.iter()
                     .filter(|d| self.wanted(d.artifact_type.as_deref()))
@@ -175,7 +192,9 @@ impl Engine {
             ),
             None => {
                 let tag = subject.tag_form();
-                if let Some(head) = src.head_manifest(repo, &tag).await? {
+                if present(&tag)
+                    && let Some(head) = src.head_manifest(repo, &tag).await?
+                {
                     let index = src.get_manifest(repo, &head.digest.to_string()).await?;
                     let entries = index.children();
                     let kept: Vec<Artifact> = entries
@@ -190,11 +209,11 @@ impl Engine {
                 }
             }
         }
-        for (suffix, artifact_type) in COSIGN_TAGS {
-            if !self.wanted(Some(artifact_type)) {
+        for (suffix, _) in wanted_cosign {
+            let tag = subject.cosign_tag(suffix);
+            if !present(&tag) {
                 continue;
             }
-            let tag = subject.cosign_tag(suffix);
             if let Some(head) = src.head_manifest(repo, &tag).await? {
                 found.artifacts.push(Artifact {
                     digest: head.digest,

@@ -154,6 +154,20 @@ impl Registries {
         }
         out
     }
+
+    /// How often registries have pushed back so far, across every
+    /// registry: 429s, and requests that timed out.
+    pub async fn pushback(&self) -> u64 {
+        self.clients
+            .lock()
+            .await
+            .values()
+            .map(|c| {
+                let s = c.stats.snapshot();
+                s.throttled + s.timeouts
+            })
+            .sum()
+    }
 }
 
 /// What a run asked: the Registry API per host, and ECR's API per operation.

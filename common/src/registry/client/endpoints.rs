@@ -202,6 +202,20 @@ impl Registry {
     /// (at most 1000: ECR refuses more), following each `Link: <...>;
     /// rel="next"` as given (its cursor is opaque).
     pub async fn list_tags(&self, repo: &str, page: usize) -> Result<Vec<String>> {
+        Ok(self
+            .list_tags_upto(repo, page, usize::MAX)
+            .await?
+            .unwrap_or_default())
+    }
+
+    /// As [`Registry::list_tags`], but `None` as soon as the listing is
+    /// known to hold more than `max` tags (no further page is read).
+    pub async fn list_tags_upto(
+        &self,
+        repo: &str,
+        page: usize,
+        max: usize,
+    ) -> Result<Option<Vec<String>>> {
         #[derive(serde::Deserialize)]
         struct Tags {
             #[serde(default)]
@@ -210,17 +224,19 @@ impl Registry {
         let mut url = self.url(&format!("v2/{repo}/tags/list"));
         url.query_pairs_mut()
             .append_pair("n", &page.clamp(1, 1000).to_string());
-        let pages: Vec<Tags> = self
-            .paginate(
+        let mut tags = Vec::new();
+        let complete = self
+            .paginate_with(
                 &Scope::pull(repo),
                 url,
                 &format!("tags of {}/{repo}", self.host),
+                |p: Tags| {
+                    tags.extend(p.tags.unwrap_or_default());
+                    tags.len() <= max
+                },
             )
             .await?;
-        Ok(pages
-            .into_iter()
-            .flat_map(|p| p.tags.unwrap_or_default())
-            .collect())
+        Ok(complete.then_some(tags))
     }
 
     /// Every repository the registry lists in `/v2/_catalog` (with
@@ -255,6 +271,24 @@ impl Registry {
         what: &str,
     ) -> Result<Vec<T>> {
         let mut pages = Vec::new();
+        self.paginate_with(scope, first, what, |p| {
+            pages.push(p);
+            true
+        })
+        .await?;
+        Ok(pages)
+    }
+
+    /// GET `url` and each `rel="next"` page after it, handing each page,
+    /// parsed as `T`, to `take`; `take` answers whether to go on. `false`
+    /// when `take` stopped it.
+    pub(super) async fn paginate_with<T: serde::de::DeserializeOwned>(
+        &self,
+        scope: &Scope,
+        first: Url,
+        what: &str,
+        mut take: impl FnMut(T) -> bool,
+    ) -> Result<bool> {
         let mut next = Some(first);
         let mut seen = std::collections::HashSet::new();
         while let Some(url) = next.take() {
@@ -275,14 +309,17 @@ impl Registry {
             let body = read_limited(resp, 16 * 1024 * 1024)
                 .await
                 .map_err(|e| self.transport_error(&e))?;
-            pages.push(serde_json::from_slice(&body).map_err(|e| Error::Registry {
+            let page = serde_json::from_slice(&body).map_err(|e| Error::Registry {
                 registry: self.host.clone(),
                 status: 200,
                 code: None,
                 message: format!("{what}: the answer is not the expected JSON: {e}"),
-            })?);
+            })?;
+            if !take(page) {
+                return Ok(false);
+            }
         }
-        Ok(pages)
+        Ok(true)
     }
 
     /// Whether the repository exists at all (has any tag). A missing one is

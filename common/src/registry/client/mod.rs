@@ -9,10 +9,12 @@
 
 mod endpoints;
 mod errors;
+mod listing;
 mod quota;
 mod send;
 mod token;
 
+pub use listing::MAX_LISTED_TAGS;
 pub use quota::PullQuota;
 
 use std::collections::HashMap;
@@ -107,6 +109,8 @@ pub struct RequestStats {
     pub retries: AtomicU64,
     /// 429 answers, each of which slowed this registry down.
     pub throttled: AtomicU64,
+    /// Requests that timed out (connecting, or a response gone silent).
+    pub timeouts: AtomicU64,
     pub reauths: AtomicU64,
     pub token_fetches: AtomicU64,
     /// Manifest GETs held back because the registry's pull quota ran low.
@@ -119,6 +123,7 @@ pub struct RequestCounts {
     pub requests: u64,
     pub retries: u64,
     pub throttled: u64,
+    pub timeouts: u64,
     pub reauths: u64,
     pub token_fetches: u64,
     pub slowed: u64,
@@ -129,6 +134,7 @@ impl RequestCounts {
         self.requests += o.requests;
         self.retries += o.retries;
         self.throttled += o.throttled;
+        self.timeouts += o.timeouts;
         self.reauths += o.reauths;
         self.token_fetches += o.token_fetches;
         self.slowed += o.slowed;
@@ -141,6 +147,7 @@ impl RequestStats {
             requests: self.requests.load(Ordering::Relaxed),
             retries: self.retries.load(Ordering::Relaxed),
             throttled: self.throttled.load(Ordering::Relaxed),
+            timeouts: self.timeouts.load(Ordering::Relaxed),
             reauths: self.reauths.load(Ordering::Relaxed),
             token_fetches: self.token_fetches.load(Ordering::Relaxed),
             slowed: self.slowed.load(Ordering::Relaxed),
@@ -181,6 +188,8 @@ pub struct Registry {
     /// Set once the registry shows it has no referrers API (a registry with
     /// it never answers 404 there), so later subjects skip the request.
     no_referrers_api: std::sync::atomic::AtomicBool,
+    /// Repositories' referrer tags, listed once (see `listing`).
+    listings: listing::Listings,
     pub stats: RequestStats,
 }
 
@@ -273,6 +282,7 @@ impl Registry {
             manifest_puts,
             pulls: std::sync::Mutex::new(PullPace::default()),
             no_referrers_api: std::sync::atomic::AtomicBool::new(false),
+            listings: listing::Listings::default(),
             stats: RequestStats::default(),
         })
     }

@@ -70,6 +70,9 @@ impl Registry {
                 Ok(r) => r,
                 Err(e) if is_transient(&e) && backoff.wait(None).await => {
                     self.stats.retries.fetch_add(1, Ordering::Relaxed);
+                    if e.is_timeout() {
+                        self.stats.timeouts.fetch_add(1, Ordering::Relaxed);
+                    }
                     tracing::debug!(registry = %self.host, error = %crate::error::error_line(&e), "transient error; retried");
                     continue;
                 }
