@@ -97,8 +97,9 @@ for i in $(seq 1 "$RUNS"); do
     echo "run $i/$RUNS" >&2
     # mirrorfleet, local mode
     file=$(mirror_file "mf-local-$i")
-    measure "local/cold" "$BIN/mirrorfleet-controller" sync --workers 8 "$file"
-    measure "local/warm" "$BIN/mirrorfleet-controller" sync --workers 8 "$file"
+    # Default flags: images at once adapt (no --workers).
+    measure "local/cold" "$BIN/mirrorfleet-controller" sync "$file"
+    measure "local/warm" "$BIN/mirrorfleet-controller" sync "$file"
 
     # mirrorfleet, SQS path against moto
     table="mf-bench-$$-$i"
@@ -108,7 +109,7 @@ for i in $(seq 1 "$RUNS"); do
     export MIRRORFLEET_TABLE="$table" MIRRORFLEET_QUEUE_URL="$queue"
     "$BIN/mirrorfleet-controller" table create >/dev/null
     "$BIN/mirrorfleet-controller" table import "$(mirror_file "mf-sqs-$i")" >/dev/null
-    measure "sqs/cold" bash -c "'$BIN/mirrorfleet-controller' run && '$BIN/mirrorfleet-worker' consume --jobs 8 --wait 1s --exit-when-idle 1s"
+    measure "sqs/cold" bash -c "'$BIN/mirrorfleet-controller' run && '$BIN/mirrorfleet-worker' consume --wait 1s --exit-when-idle 1s"
     measure "sqs/warm" "$BIN/mirrorfleet-controller" run
 
     # skopeo sync

@@ -25,14 +25,16 @@
 //! - [`control::scan`]: read the rows, probe (HEAD) sources and
 //!   destinations, gather the facts the planner needs (referrer tags too),
 //!   after [`control::known`] asked a page's digests in bulk where the
-//!   registry can tell many per call (ECR).
+//!   registry can tell many per call (ECR); [`control::referrer_facts`]
+//!   compares referrer tags when asked.
 //! - [`control::plan`]: the decision, a pure function of those facts.
 //! - [`control::enqueue`]: apply a plan: mark `synced`, claim `queued`, send
 //!   [`control::job`] messages.
 //!
 //! **Copy** (the worker):
 //! - [`control::consume`]: the worker loop: receive a job, copy, record each
-//!   destination's outcome, delete or defer the message.
+//!   destination's outcome, delete or defer the message;
+//!   [`control::concurrency`] adapts how many images it copies at once.
 //! - [`copy`]: the engine, one source to N destinations, all platforms:
 //!   destination state (`dest`), blobs claimed in a ledger and streamed with
 //!   their sha256 checked (`blobs`, `ledger`), manifest trees pushed children
@@ -50,7 +52,8 @@
 //!   each registry's API is reached in `access`: keys, an assumed role, an
 //!   external id) and the HTTP API in [`registry::client`]
 //!   (the auth handshake in `token`, the one request path in `send`, Docker
-//!   Hub's pull quota in `quota`, the `endpoints`, error bodies in `errors`),
+//!   Hub's pull quota in `quota`, the `endpoints`, error bodies in `errors`,
+//!   referrer tags found by one tag `listing` per repository),
 //!   with adaptive concurrency (`limit`) and manifest-push pacing (`pace`).
 //!
 //! **Across the pipeline:**

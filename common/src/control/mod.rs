@@ -7,6 +7,7 @@ pub mod enqueue;
 pub mod job;
 pub mod known;
 pub mod plan;
+pub mod referrer_facts;
 pub mod scan;
 pub mod select;
 pub mod table;

@@ -14,7 +14,8 @@
 //! is then never missed, as with the HEADs. A repository with more than
 //! [`MAX_LISTED_TAGS`] tags is not worth listing (one page of 1,000 per
 //! request); it is asked by HEAD, and never listed again by this process,
-//! nor is any repository of a registry that refused a listing.
+//! nor is any repository of a registry that refused a listing. ECR hosts
+//! are never listed (they have the referrers API; see `referrer_tags`).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -23,6 +24,7 @@ use std::time::Instant;
 
 use crate::error::Error;
 use crate::oci::referrers::subject_of_tag;
+use crate::registry::ecr::EcrHost;
 
 use super::Registry;
 
@@ -71,7 +73,10 @@ impl Registry {
     /// where they must be asked by HEAD (too many tags, listing refused or
     /// failing).
     pub async fn referrer_tags(&self, repo: &str, since: Instant) -> Option<Arc<HashSet<String>>> {
-        if self.listings.refused.load(Ordering::Relaxed) {
+        // ECR has the referrers API, and listing would take `ecr:ListImages`,
+        // which the stack's roles do not grant: every refusal is an
+        // AccessDenied in the account's CloudTrail.
+        if self.listings.refused.load(Ordering::Relaxed) || EcrHost::parse(&self.host).is_some() {
             return None;
         }
         let entry = self.listings.entry(repo);
