@@ -10,7 +10,7 @@ use mirrorfleet_common::CopyReport;
 use mirrorfleet_common::copy::{CopyOptions, Engine, Outcome};
 use mirrorfleet_common::registry::Registries;
 use mirrorfleet_common::registry::auth::DockerConfig;
-use mirrorfleet_common::registry::settings::{RegistrySettings, Settings};
+use mirrorfleet_common::registry::settings::{BlobHttp, RegistrySettings, Settings};
 use mirrorfleet_tests::*;
 use serde_json::json;
 
@@ -682,5 +682,69 @@ async fn blob_not_matching_its_digest_is_refused_and_nothing_is_pushed() {
         head.status(),
         404,
         "the corrupt blob reached the destination"
+    );
+}
+
+/// `blob_http` picks the HTTP version of blob bodies over TLS, read off the
+/// TLS registry's access log; manifests and HEADs keep what ALPN picks
+/// (HTTP/2 there). The digest is the source's either way.
+#[tokio::test]
+async fn blob_bodies_take_the_configured_http_version() {
+    let stack = Stack::get();
+    let repo = unique("blob-http");
+    let digest = push_image(&stack, &repo, "v1").await;
+    let log = || std::fs::read_to_string(stack.dir.join("tls.log")).unwrap();
+    // Access-log lines of `repo` with `method`, `path` and `proto`.
+    let lines = |log: &str, repo: &str, method: &str, path: &str, proto: &str| {
+        log.lines()
+            .filter(|l| l.contains(&format!("\"{method} /v2/{repo}/{path}")))
+            .filter(|l| l.contains(&format!("{proto}\"")))
+            .count()
+    };
+    let with = |version| {
+        let mut s = settings(&stack);
+        s.registries.get_mut(&stack.tls).unwrap().blob_http = Some(version);
+        engine(s)
+    };
+    // Up to the TLS registry with HTTP/1.1 bodies...
+    let up = format!("{repo}-h1");
+    let r = copy(
+        &with(BlobHttp::Http1),
+        &format!("{}/{repo}:v1", stack.src),
+        &[format!("{}/{up}:v1", stack.tls)],
+    )
+    .await;
+    assert_ok(&r);
+    let l = log();
+    assert!(
+        lines(&l, &up, "PUT", "blobs/uploads/", "HTTP/1.1") >= 3,
+        "{l}"
+    );
+    assert_eq!(
+        lines(&l, &up, "PUT", "blobs/uploads/", "HTTP/2.0"),
+        0,
+        "{l}"
+    );
+    assert_eq!(lines(&l, &up, "PUT", "manifests/", "HTTP/2.0"), 3, "{l}");
+    assert!(lines(&l, &up, "HEAD", "manifests/", "HTTP/2.0") >= 1, "{l}");
+    // ...and down from it with HTTP/2 bodies.
+    let r = copy(
+        &with(BlobHttp::Http2),
+        &format!("{}/{up}:v1", stack.tls),
+        &[format!("{}/{repo}-back:v1", stack.dst)],
+    )
+    .await;
+    assert_ok(&r);
+    let l = log();
+    assert!(
+        lines(&l, &up, "GET", "blobs/sha256:", "HTTP/2.0") >= 3,
+        "{l}"
+    );
+    assert_eq!(lines(&l, &up, "GET", "blobs/sha256:", "HTTP/1.1"), 0, "{l}");
+    assert_eq!(
+        Skopeo::plain()
+            .digest(&format!("{}/{repo}-back:v1", stack.dst))
+            .unwrap(),
+        digest
     );
 }

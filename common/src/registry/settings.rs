@@ -13,6 +13,7 @@
 //!     max_concurrency: 8
 //!     read_timeout_seconds: 60
 //!     manifest_puts_per_second: 5      # default: unlimited (10 for ECR hosts)
+//!     blob_http: "1.1"                 # blob bodies' HTTP version over TLS
 //!   210987654321.dkr.ecr.us-east-1.amazonaws.com:
 //!     role_arn: arn:aws:iam::210987654321:role/mirrorfleet-mirror
 //!     external_id: mirrorfleet-prod
@@ -97,6 +98,28 @@ pub struct RegistrySettings {
     /// fleet of workers divides it between them.
     #[serde(default)]
     pub manifest_puts_per_second: Option<f64>,
+    /// The HTTP version for blob bodies over TLS: `"1.1"` (a connection per
+    /// blob in flight) or `"2"` (every blob on one multiplexed connection,
+    /// what ALPN picks). Manifests and HEADs always let ALPN pick. Default:
+    /// see [`BlobHttp::default`].
+    #[serde(default)]
+    pub blob_http: Option<BlobHttp>,
+}
+
+/// The HTTP version for blob bodies (`blob_http`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum BlobHttp {
+    #[serde(rename = "1.1")]
+    Http1,
+    #[serde(rename = "2")]
+    Http2,
+}
+
+impl Default for BlobHttp {
+    /// HTTP/2 unless measured otherwise (README, design notes).
+    fn default() -> Self {
+        BlobHttp::Http2
+    }
 }
 
 /// How repositories created in ECR destinations are set up.
@@ -401,6 +424,19 @@ mod tests {
         std::fs::write(&p, "registries:\n  x:\n    manifest_puts_per_second: 0\n").unwrap();
         let err = Settings::load(&p).unwrap_err().to_string();
         assert!(err.contains("manifest_puts_per_second"), "{err}");
+    }
+
+    #[test]
+    fn blob_http_version_is_read_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("r.yaml");
+        std::fs::write(&p, "registries:\n  x:\n    blob_http: \"1.1\"\n  y: {}\n").unwrap();
+        let s = Settings::load(&p).unwrap();
+        assert_eq!(s.registry("x").blob_http, Some(BlobHttp::Http1));
+        assert_eq!(s.registry("y").blob_http, None);
+        std::fs::write(&p, "registries:\n  x:\n    blob_http: \"3\"\n").unwrap();
+        let err = Settings::load(&p).unwrap_err().to_string();
+        assert!(err.contains("blob_http"), "{err}");
     }
 
     #[test]

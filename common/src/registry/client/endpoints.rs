@@ -408,7 +408,7 @@ impl Registry {
             .query_pairs_mut()
             .append_pair("digest", &digest.to_string());
         let mut req = self
-            .http
+            .blob_http
             .put(location.clone())
             .header(CONTENT_TYPE, "application/octet-stream")
             .header(CONTENT_LENGTH, size)
@@ -476,7 +476,7 @@ impl Registry {
     pub async fn get_blob(&self, repo: &str, digest: &Digest) -> Result<Response> {
         let url = self.url(&format!("v2/{repo}/blobs/{digest}"));
         let resp = self
-            .send(&Scope::pull(repo), |c| c.get(url.clone()))
+            .send_via(&self.blob_http, &Scope::pull(repo), |c| c.get(url.clone()))
             .await?;
         if resp.status() == StatusCode::NOT_FOUND {
             return Err(Error::NotFound {

@@ -30,7 +30,7 @@ use crate::registry::auth::{Challenge, Credentials, Token};
 use crate::registry::ecr::{Ecr, EcrHost};
 use crate::registry::limit::Limiter;
 use crate::registry::pace::TokenBucket;
-use crate::registry::settings::{DEFAULT_MAX_CONCURRENCY, RegistrySettings};
+use crate::registry::settings::{BlobHttp, DEFAULT_MAX_CONCURRENCY, RegistrySettings};
 
 use quota::PullPace;
 
@@ -177,6 +177,8 @@ pub struct Registry {
     host: String,
     base: Url,
     http: reqwest::Client,
+    /// For blob bodies: `http`, or an HTTP/1.1-only client (`blob_http`).
+    blob_http: reqwest::Client,
     creds: CredentialSource,
     ecr: Arc<Ecr>,
     challenge: std::sync::Mutex<Option<Challenge>>,
@@ -230,28 +232,42 @@ impl Registry {
                 "endpoint {endpoint:?} is not a valid host[:port]: {e}"
             ))
         })?;
-        let mut builder = reqwest::Client::builder()
-            .user_agent(USER_AGENT)
-            .connect_timeout(Duration::from_secs(15))
-            .read_timeout(Duration::from_secs(
-                settings
-                    .read_timeout_seconds
-                    .unwrap_or(DEFAULT_READ_TIMEOUT_SECS),
-            ))
-            .pool_idle_timeout(Duration::from_secs(60));
-        if let Some(ca) = &settings.ca_file {
-            let pem = std::fs::read(ca)
-                .map_err(|e| invalid(format!("cannot read ca_file {}: {e}", ca.display())))?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem)
-                .map_err(|e| invalid(format!("ca_file {} is not PEM: {e}", ca.display())))?;
-            builder = builder.tls_certs_merge(certs);
-        }
+        let certs = match &settings.ca_file {
+            Some(ca) => {
+                let pem = std::fs::read(ca)
+                    .map_err(|e| invalid(format!("cannot read ca_file {}: {e}", ca.display())))?;
+                Some(
+                    reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+                        invalid(format!("ca_file {} is not PEM: {e}", ca.display()))
+                    })?,
+                )
+            }
+            None => None,
+        };
+        // Built twice when blob bodies take their own HTTP version.
+        let builder = || {
+            let mut b = reqwest::Client::builder()
+                .user_agent(USER_AGENT)
+                .connect_timeout(Duration::from_secs(15))
+                .read_timeout(Duration::from_secs(
+                    settings
+                        .read_timeout_seconds
+                        .unwrap_or(DEFAULT_READ_TIMEOUT_SECS),
+                ))
+                .pool_idle_timeout(Duration::from_secs(60));
+            if let Some(c) = &certs {
+                b = b.tls_certs_merge(c.clone());
+            }
+            if settings.insecure_skip_tls_verify {
+                b = b.tls_danger_accept_invalid_certs(true);
+            }
+            b
+        };
         if settings.insecure_skip_tls_verify {
             tracing::warn!(
                 registry = host,
                 "TLS certificate verification is OFF for this registry, as configured"
             );
-            builder = builder.tls_danger_accept_invalid_certs(true);
         }
         if settings.plain_http {
             tracing::warn!(
@@ -259,9 +275,15 @@ impl Registry {
                 "using plain HTTP for this registry, as configured"
             );
         }
-        let http = builder
-            .build()
-            .map_err(|e| invalid(format!("cannot build the HTTP client: {e}")))?;
+        let build = |b: reqwest::ClientBuilder| {
+            b.build()
+                .map_err(|e| invalid(format!("cannot build the HTTP client: {e}")))
+        };
+        let http = build(builder())?;
+        let blob_http = match settings.blob_http.unwrap_or_default() {
+            BlobHttp::Http1 => build(builder().http1_only())?,
+            BlobHttp::Http2 => http.clone(),
+        };
         let manifest_puts = match settings.manifest_puts_per_second {
             None => None,
             Some(rate) => Some(TokenBucket::new(rate, MANIFEST_PUT_BURST).ok_or_else(|| {
@@ -274,6 +296,7 @@ impl Registry {
             host: host.to_string(),
             base,
             http,
+            blob_http,
             creds,
             ecr,
             challenge: std::sync::Mutex::new(None),

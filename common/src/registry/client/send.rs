@@ -22,12 +22,25 @@ impl Registry {
     where
         F: Fn(&reqwest::Client) -> reqwest::RequestBuilder,
     {
+        self.send_via(&self.http, scope, build).await
+    }
+
+    /// [`Registry::send`] on `client` (the blob client, for blob bodies).
+    pub(super) async fn send_via<F>(
+        &self,
+        client: &reqwest::Client,
+        scope: &Scope,
+        build: F,
+    ) -> Result<Response>
+    where
+        F: Fn(&reqwest::Client) -> reqwest::RequestBuilder,
+    {
         let mut backoff = Backoff::default();
         let mut reauthed = false;
         let mut force_token = false;
         loop {
             // Every attempt counts against a quota, retries too, so each waits.
-            let is_pull = match build(&self.http).build() {
+            let is_pull = match build(client).build() {
                 Ok(r) if r.method() == Method::PUT && r.url().path().contains("/manifests/") => {
                     if let Some(b) = &self.manifest_puts {
                         b.take().await;
@@ -44,7 +57,7 @@ impl Registry {
             };
             let auth = self.authorization(scope, force_token).await?;
             force_token = false;
-            let mut req = build(&self.http);
+            let mut req = build(client);
             if let Some(a) = &auth.header {
                 req = req.header(AUTHORIZATION, a);
             }
