@@ -140,9 +140,7 @@ impl StateDb {
     pub(super) fn open(path: &Path, legacy: &Path) -> Result<StateDb, StoreError> {
         let shown = path.display().to_string();
         let fail = |message: &str| {
-            let message = format!(
-                "{message} (move it away to start over; the next run finds what is in sync again)"
-            );
+            let message = message.to_string();
             let shown = shown.clone();
             move |source| StoreError::Local {
                 path: shown,
@@ -166,7 +164,10 @@ impl StateDb {
         let check: Vec<String> = conn
             .prepare("PRAGMA quick_check")
             .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
-            .map_err(fail("not a readable state database"))?;
+            .map_err(fail(concat!(
+                "not a readable state database (move it away to start over; ",
+                "the next run finds what is in sync again)"
+            )))?;
         if check != ["ok"] {
             return Err(StoreError::Local {
                 path: shown,
