@@ -97,3 +97,35 @@ check_digests() {
     echo "$n"
     ((bad == 0))
 }
+
+# tag_both REPO TAG ROWS: tag REPO:TAG (an index, already at both registries)
+# ROWS times more, as s0..s<ROWS-1>, at the source ($MF_SRC) and at the
+# destination ($MF_DST): PUTs of the same manifest bytes, 8 at a time.
+tag_both() {
+    python3 - "$MF_SRC" "$MF_DST" "$1" "$2" "$3" <<'PY'
+import concurrent.futures, http.client, sys, threading, time
+src, dst, repo, tag, rows = sys.argv[1:]
+rows = int(rows)
+accept = "application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.list.v2+json"
+local = threading.local()
+def request(host, method, path, **kw):
+    # One kept-alive connection per thread and host.
+    conns = local.__dict__.setdefault("conns", {})
+    if host not in conns:
+        conns[host] = http.client.HTTPConnection(host, timeout=60)
+    conns[host].request(method, path, **kw)
+    r = conns[host].getresponse()
+    return r, r.read()
+r, body = request(src, "GET", f"/v2/{repo}/manifests/{tag}", headers={"Accept": accept})
+assert r.status == 200, r.status
+kind = r.headers["Content-Type"]
+def put(args):
+    host, i = args
+    r, _ = request(host, "PUT", f"/v2/{repo}/manifests/s{i}", body=body, headers={"Content-Type": kind})
+    assert r.status == 201, (r.status, host, i)
+t = time.time()
+with concurrent.futures.ThreadPoolExecutor(8) as pool:
+    list(pool.map(put, [(h, i) for h in (src, dst) for i in range(rows)]))
+print(f"tags pushed: {2 * rows} in {time.time() - t:.1f} s", file=sys.stderr)
+PY
+}

@@ -47,25 +47,7 @@ QUEUE=$("$PYTHON" -c "import boto3,sys; print(boto3.client('sqs', endpoint_url=s
 export MIRRORFLEET_QUEUE_URL="$QUEUE"
 
 echo "tagging $ROWS tags at both ends ..." >&2
-"$PYTHON" - "$MF_SRC" "$MF_DST" "$repo" "$tag" "$ROWS" <<'PY'
-import concurrent.futures, sys, time
-import requests
-src, dst, repo, tag, rows = sys.argv[1:]
-rows = int(rows)
-accept = "application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.list.v2+json"
-r = requests.get(f"http://{src}/v2/{repo}/manifests/{tag}", headers={"Accept": accept})
-r.raise_for_status()
-body, kind = r.content, r.headers["Content-Type"]
-session = requests.Session()
-def put(args):
-    host, i = args
-    session.put(f"http://{host}/v2/{repo}/manifests/s{i}", data=body,
-                headers={"Content-Type": kind}).raise_for_status()
-t = time.time()
-with concurrent.futures.ThreadPoolExecutor(8) as pool:
-    list(pool.map(put, [(h, i) for h in (src, dst) for i in range(rows)]))
-print(f"tags pushed: {2 * rows} in {time.time() - t:.1f} s", file=sys.stderr)
-PY
+tag_both "$repo" "$tag" "$ROWS"
 
 # One row through a real first cycle: its status and index entry are the
 # template for the others.

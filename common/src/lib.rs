@@ -18,8 +18,10 @@
 //!   and repositories (`repos`, `glob`) a many-image row takes.
 //! - [`store`]: where rows live: DynamoDB (`dynamo`, with the item codec in
 //!   `item`, batched imports in `batch` and the source `index` an ECR push
-//!   finds its rows by) or, in local mode, a file (`file`); [`store::queue`]
-//!   holds jobs in SQS or in memory.
+//!   finds its rows by) or, in local mode, the mirror file (`file`) with
+//!   its statuses in an embedded SQLite database beside it (`local`, which
+//!   says why SQLite; `runs` tells which processes have it open);
+//!   [`store::queue`] holds jobs in SQS or in memory.
 //!
 //! **Plan** (the controller):
 //! - [`control::scan`]: read the rows, probe (HEAD) sources and

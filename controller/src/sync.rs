@@ -1,7 +1,8 @@
 //! `mirrorfleet-controller sync mirrors.yaml`: local mode. The same planner
 //! and copy engine with no AWS: mirrors from a YAML file, an in-process
-//! queue and workers, and status in `mirrors.yaml.state.json` next to it, so
-//! a second run is incremental.
+//! queue and workers, and status in `mirrors.yaml.state.db` (an embedded
+//! SQLite database, `store::FileStore`) next to it, so a second run is
+//! incremental. Two `sync` processes may share the file.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -78,10 +79,22 @@ async fn once(
 ) -> anyhow::Result<Exit> {
     let started = Instant::now();
     // Re-read the file each round so edits are picked up under --watch.
-    let store = Arc::new(Store::File(FileStore::open(&args.file).map_err(usage)?));
+    let file = FileStore::open(&args.file).map_err(usage)?;
+    // The queue below lives in this process: a destination left `queued` or
+    // `copying` by a `sync` that was killed has lost its job. When no other
+    // `sync` has the file open, every such claim is one of those, so it is
+    // queued again now; while another one runs, its claims are its own and
+    // wait out the hold-off.
+    let requeue_after = if file.others_open().await? {
+        scan::ScanOptions::default().requeue_after
+    } else {
+        Duration::ZERO
+    };
+    let store = Arc::new(Store::File(file));
     let queue = Arc::new(Queue::Memory(MemoryQueue::new(args.max_attempts)));
     let opts = scan::ScanOptions {
         check_referrers: args.check_referrers,
+        requeue_after,
         ..scan::ScanOptions::default()
     };
     let plans = scan::scan(&store, engine, None, &opts).await?;

@@ -9,7 +9,7 @@
 //! in the worker's log). No process may panic, and exit codes are the
 //! documented ones (README, "Exit codes").
 //!
-//! 116 malformed inputs in all:
+//! 117 malformed inputs in all:
 //!
 //! | group                                                   | cases |
 //! | ------------------------------------------------------- | ----- |
@@ -21,7 +21,7 @@
 //! | E. `table import`: 3 bad rows among 1,000, YAML and CSV |     6 |
 //! | F. SQS: malformed messages and jobs gone stale          |    17 |
 //! | G. `controller run`: unreadable sources, huge rows      |     7 |
-//! | H. `controller sync` (local mode)                       |    12 |
+//! | H. `controller sync` (local mode)                       |    13 |
 
 // Test code: a panic is how a check fails.
 #![allow(clippy::unwrap_used)]
@@ -1266,7 +1266,7 @@ async fn h_sync_refuses_bad_files_and_reports_failing_rows_on_themselves() {
     let dir = temp_dir("bi-sync");
     let file = dir.join("mirrors.yaml");
     let p = file.to_str().unwrap().to_string();
-    let state = dir.join("mirrors.yaml.state.json");
+    let state = dir.join("mirrors.yaml.state.db");
     let head = format!("mirrors:\n  - source: {src}\n    destinations: [{good}]\n");
     let other = format!("{}/{repo}:v2", stack.src);
     let huge = format!("{}/{}:v2", stack.src, "a".repeat(1 << 20));
@@ -1342,12 +1342,28 @@ async fn h_sync_refuses_bad_files_and_reports_failing_rows_on_themselves() {
     assert_error_line(
         &err,
         &format!(
-            "{}: key must be a string at line 1 column 2 (delete the file to start over)",
+            "{}: not a readable state database (move it away to start over; the next run finds what is in sync again): file is not a database",
             state.display()
         ),
     );
     assert_eq!(std::fs::read_to_string(&state).unwrap(), "{not json");
     std::fs::remove_file(&state).unwrap();
+    // So is an old-format state file that is not JSON, before a database
+    // is made beside it.
+    let old = dir.join("mirrors.yaml.state.json");
+    std::fs::write(&old, "{not json").unwrap();
+    let (code, _, err) = run("mirrorfleet-controller", &["sync", &p], &env);
+    assert_eq!(code, 2);
+    assert_error_line(
+        &err,
+        &format!(
+            "{}: key must be a string at line 1 column 2 (an old state file, to be imported: move it away to start over)",
+            old.display()
+        ),
+    );
+    assert_eq!(std::fs::read_to_string(&old).unwrap(), "{not json");
+    assert!(!state.exists(), "a database was made beside a bad old file");
+    std::fs::remove_file(&old).unwrap();
 
     // Rows that fail at run time are reported on themselves; the rest syncs.
     let missing = format!("{}/{repo}:nope", stack.src);
@@ -1371,7 +1387,7 @@ async fn h_sync_refuses_bad_files_and_reports_failing_rows_on_themselves() {
     .unwrap();
     let (code, out, err) = run("mirrorfleet-controller", &["sync", &p], &env);
     assert_eq!(code, 1, "rows failed: {err}");
-    let st: Value = serde_json::from_str(&std::fs::read_to_string(&state).unwrap()).unwrap();
+    let st: Value = local_state(&file);
     let missing_error = format!("source image {missing} was not found (check the tag exists)");
     assert_eq!(st["errors"][&missing], missing_error);
     assert_eq!(
@@ -1395,6 +1411,6 @@ async fn h_sync_refuses_bad_files_and_reports_failing_rows_on_themselves() {
     assert_eq!(status[&refused]["error"], connection_refused(&repo, "v1"));
     assert!(out.contains(&missing_error), "{out}");
     assert_eq!(Skopeo::plain().digest(&good).unwrap(), digest);
-    assert_eq!(cases.len() + 2 + 5, 12);
+    assert_eq!(cases.len() + 3 + 5, 13);
     std::fs::remove_dir_all(&dir).unwrap();
 }

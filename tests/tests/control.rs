@@ -453,7 +453,7 @@ async fn local_mode_end_to_end_and_incremental() {
         sk.digest(&format!("{}/{repo}-a:v2", stack.dst)).unwrap(),
         d2
     );
-    assert!(file.with_extension("yaml.state.json").exists());
+    assert!(file.with_extension("yaml.state.db").exists());
 
     // Second run: in sync, HEADs only, no blob read at the source.
     let gets_before = count_requests(&stack, "src", &["\"GET /v2/", &format!("/{repo}/")]);

@@ -47,7 +47,6 @@ async fn a_rotated_secret_is_read_again_after_the_registry_refuses_it() {
         format!("mirrors:\n  - source: {src}\n    destinations: [{dest}]\n"),
     )
     .unwrap();
-    let state = dir.path().join("mirrors.yaml.state.json");
 
     let mut cmd = Command::new(worker_bin().with_file_name("mirrorfleet-controller"));
     cmd.args(["sync", "--watch", "1s", mirrors.to_str().unwrap()])
@@ -81,7 +80,9 @@ async fn a_rotated_secret_is_read_again_after_the_registry_refuses_it() {
 
     // The secret holds an old password: the first round is refused.
     wait_for("the refused round", &|| {
-        std::fs::read_to_string(&state).is_ok_and(|s| s.contains("refused the credentials"))
+        local_state(&mirrors)
+            .to_string()
+            .contains("refused the credentials")
     });
 
     // The password is rotated in the secret: the same process is refused

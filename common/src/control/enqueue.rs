@@ -9,12 +9,18 @@ use serde::Serialize;
 use crate::control::job::Job;
 use crate::control::plan::Plan;
 use crate::control::scan::RowPlan;
-use crate::control::table::now_rfc3339;
+use crate::control::table::{DestStatus, now_rfc3339};
 use crate::store::queue::{Queue, QueueError};
 use crate::store::{Store, StoreError};
 
 /// Jobs claimed and sent together (SQS takes 10 messages per batch).
 const SEND_BATCH: usize = 10;
+
+/// In-sync statuses written together: one transaction of a local state
+/// file (its write lock held for milliseconds, so another `sync` on the
+/// same file waits little), where one each made the first run of 10,000
+/// in-sync rows write 10,000 transactions.
+const IN_SYNC_BATCH: usize = 500;
 
 /// What a controller run found and did.
 #[derive(Debug, Default, Clone, Serialize)]
@@ -63,6 +69,9 @@ pub struct Enqueuer<'a> {
     summary: RunSummary,
     /// Jobs waiting for a full batch, with the plan each came from.
     jobs: Vec<(Job, RowPlan)>,
+    /// Destinations found in sync, waiting to be written together:
+    /// (row key, destination, status).
+    in_sync: Vec<(String, String, DestStatus)>,
 }
 
 impl<'a> Enqueuer<'a> {
@@ -73,24 +82,52 @@ impl<'a> Enqueuer<'a> {
             dry_run,
             summary: RunSummary::default(),
             jobs: Vec::new(),
+            in_sync: Vec::new(),
         }
     }
 
     /// Apply `plans`: record what they say on their rows, and send every
-    /// full batch of jobs.
+    /// full batch of jobs. The in-sync statuses of `plans` are written
+    /// before it returns.
     pub async fn add(&mut self, plans: Vec<RowPlan>) -> Result<(), EnqueueError> {
         for rp in plans {
             self.record(rp).await;
+            if self.in_sync.len() >= IN_SYNC_BATCH {
+                self.write_in_sync().await;
+            }
             while self.jobs.len() >= SEND_BATCH {
                 let batch: Vec<_> = self.jobs.drain(..SEND_BATCH).collect();
                 self.send(batch).await?;
             }
         }
+        self.write_in_sync().await;
         Ok(())
+    }
+
+    /// Write the destinations found in sync so far, together.
+    async fn write_in_sync(&mut self) {
+        if self.in_sync.is_empty() {
+            return;
+        }
+        let writes = std::mem::take(&mut self.in_sync);
+        let keys: Vec<String> = writes.iter().map(|(k, _, _)| k.clone()).collect();
+        match self.store.update_statuses(writes).await {
+            Ok(done) => {
+                for (r, key) in done.into_iter().zip(&keys) {
+                    note(r, key);
+                }
+            }
+            Err(e) => tracing::error!(
+                rows = keys.len(),
+                error = %crate::error::error_line(&e),
+                "cannot write the in-sync statuses to the table"
+            ),
+        }
     }
 
     /// Send what is left, and say what was done.
     pub async fn finish(mut self) -> Result<RunSummary, EnqueueError> {
+        self.write_in_sync().await;
         let rest = std::mem::take(&mut self.jobs);
         if !rest.is_empty() {
             self.send(rest).await?;
@@ -101,6 +138,7 @@ impl<'a> Enqueuer<'a> {
     /// One plan: row problems and in-sync statuses written, its job kept.
     async fn record(&mut self, rp: RowPlan) {
         let (store, dry_run, summary) = (self.store, self.dry_run, &mut self.summary);
+        let in_sync = &mut self.in_sync;
         summary.rows_scanned += 1;
         match &rp.plan {
             Err(reason) => {
@@ -142,7 +180,7 @@ impl<'a> Enqueuer<'a> {
                             .cloned()
                             .unwrap_or_default()
                             .found_in_sync(source_digest, dest_digest, row.mirror.platforms_key());
-                        note(store.update_status(&rp.key, &key, &st).await, &rp.key);
+                        in_sync.push((rp.key.clone(), key, st));
                     }
                 }
                 if !copy.is_empty() {

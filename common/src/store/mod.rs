@@ -1,18 +1,24 @@
-//! Where the mirror table lives: DynamoDB, or (local mode) a YAML file with a
-//! JSON state file next to it.
+//! Where the mirror table lives: DynamoDB, or (local mode) a YAML file with
+//! its statuses in an embedded SQLite database next to it (`file` reads the
+//! rows, `local` keeps the statuses and says why SQLite).
 //!
 //! Status is written per destination with `UpdateItem` on the `status.<dest>`
 //! path, conditional on the row still existing, so the user's own fields are
 //! never overwritten and a row deleted while its job was queued is not
 //! brought back. `table import` writes new rows in batches (`batch`). Every
 //! row is indexed by its source's repository or registry (`index`), so an
-//! ECR push finds its rows without a scan.
+//! ECR push finds its rows without a scan. In local mode the same rules
+//! hold per status write, in a transaction of the database that reads the
+//! old status and asks the same `Guard`, so two `sync` processes may share
+//! one file.
 
 mod batch;
 mod dynamo;
 mod file;
 pub mod index;
 mod item;
+mod local;
+mod runs;
 #[cfg(test)]
 mod tests;
 
@@ -20,6 +26,7 @@ pub use batch::Imported;
 pub use dynamo::{Created, DynamoStore};
 pub use file::FileStore;
 pub use item::row_from_item;
+pub use local::SqlError;
 
 pub mod queue;
 
@@ -50,6 +57,14 @@ pub enum StoreError {
     Stale { dest: String },
     #[error(transparent)]
     Table(#[from] crate::control::table::TableError),
+    /// Local mode's state database (`path`) could not be read or written.
+    #[error("{path}: {message}")]
+    Local {
+        path: String,
+        message: String,
+        #[source]
+        source: Option<SqlError>,
+    },
 }
 
 /// The table's rows a page at a time, as a scan reads them.
@@ -67,7 +82,7 @@ impl Store {
     pub async fn scan(&self, segments: u32) -> Result<Vec<ScannedRow>, StoreError> {
         match self {
             Store::Dynamo(d) => d.scan(segments).await,
-            Store::File(f) => Ok(f.scan().await),
+            Store::File(f) => f.scan().await,
         }
     }
 
@@ -77,7 +92,11 @@ impl Store {
         match self {
             Store::Dynamo(d) => d.pages(segments, consistent),
             Store::File(f) => {
-                let mut rows = f.scan().await.into_iter();
+                let rows = match f.scan().await {
+                    Ok(rows) => rows,
+                    Err(e) => return Box::pin(futures_util::stream::iter([Err(e)])),
+                };
+                let mut rows = rows.into_iter();
                 let pages: Vec<Result<Vec<ScannedRow>, StoreError>> = std::iter::from_fn(|| {
                     let page: Vec<ScannedRow> = rows.by_ref().take(FILE_PAGE).collect();
                     (!page.is_empty()).then_some(Ok(page))
@@ -119,7 +138,7 @@ impl Store {
     pub async fn get(&self, source: &str) -> Result<Option<ScannedRow>, StoreError> {
         match self {
             Store::Dynamo(d) => d.get(source).await,
-            Store::File(f) => Ok(f.scan().await.into_iter().find(|r| r.key == source)),
+            Store::File(f) => f.get(source).await,
         }
     }
 
@@ -134,6 +153,28 @@ impl Store {
         match self {
             Store::Dynamo(d) => d.write_status(source, dest, status, Guard::Attempt).await,
             Store::File(f) => f.write_status(source, dest, status, Guard::Attempt).await,
+        }
+    }
+
+    /// Write many destinations' statuses (the in-sync statuses a controller
+    /// found for a page of rows), each under the same rule as
+    /// [`Store::update_status`]; one result per write, in order. A file
+    /// writes them in one transaction, checking the guard for each inside
+    /// it (the outer error: that transaction failed, nothing was written);
+    /// DynamoDB writes each with its own conditional `UpdateItem`.
+    pub async fn update_statuses(
+        &self,
+        writes: Vec<(String, String, DestStatus)>,
+    ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+        match self {
+            Store::Dynamo(d) => {
+                let mut out = Vec::with_capacity(writes.len());
+                for (source, dest, status) in &writes {
+                    out.push(d.write_status(source, dest, status, Guard::Attempt).await);
+                }
+                Ok(out)
+            }
+            Store::File(f) => f.write_statuses(writes, Guard::Attempt).await,
         }
     }
 
