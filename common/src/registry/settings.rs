@@ -116,9 +116,12 @@ pub enum BlobHttp {
 }
 
 impl Default for BlobHttp {
-    /// HTTP/2 unless measured otherwise (README, design notes).
+    /// HTTP/1.1: measured faster and cheaper for large blobs over TLS than
+    /// one HTTP/2 connection, whose per-stream flow control paces a single
+    /// large blob (`bench/tls.sh`; the figures are in the README's design
+    /// notes).
     fn default() -> Self {
-        BlobHttp::Http2
+        BlobHttp::Http1
     }
 }
 
