@@ -18,6 +18,42 @@ restore() {
     rm -rf "$WORK"
 }
 trap restore EXIT
+# Registries a benchmark started itself (bench_registry), stopped on exit.
+BENCH_PIDS=()
+stop_bench_registries() {
+    local p
+    for p in "${BENCH_PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    restore
+}
+trap stop_bench_registries EXIT
+
+# bench_registry NAME ADDR KIND: start a distribution registry of the
+# benchmark's own on ADDR, its config and data in WORK, and wait until it
+# answers. KIND is `tls` (the stack's certificate, signed by its test CA;
+# logs as the stack's registries) or `lean` (plain HTTP, warnings only and no
+# access log: what a registry tuned for many small requests would run). Its
+# pid is appended to BENCH_PIDS.
+bench_registry() {
+    local name="$1" addr="$2" kind="$3" scheme=http i
+    local log="  level: info\n  formatter: text\n  accesslog:\n    disabled: false" tls=""
+    if [[ "$kind" == tls ]]; then
+        scheme=https
+        tls="  tls:\n    certificate: $MIRRORFLEET_STACK_DIR/certs/server.crt\n    key: $MIRRORFLEET_STACK_DIR/certs/server.key"
+    else
+        log="  level: warn\n  formatter: text\n  accesslog:\n    disabled: true"
+    fi
+    mkdir -p "$WORK/$name/data"
+    printf 'version: 0.1\nlog:\n%b\nstorage:\n  filesystem:\n    rootdirectory: %s\n  delete:\n    enabled: true\nhttp:\n  addr: %s\n  secret: mirrorfleet-bench-%s\n%b\n' \
+        "$log" "$WORK/$name/data" "$addr" "$name" "$tls" >"$WORK/$name/config.yml"
+    docker-registry serve "$WORK/$name/config.yml" >"$WORK/$name.log" 2>&1 &
+    BENCH_PIDS+=("$!")
+    for i in $(seq 1 100); do
+        curl -fsS --cacert "$MIRRORFLEET_STACK_DIR/certs/ca.crt" -o /dev/null "$scheme://$addr/v2/" 2>/dev/null && return 0
+        sleep 0.1
+    done
+    echo "registry $name did not start; see $WORK/$name.log" >&2
+    exit 1
+}
 
 scripts/stack.sh status >/dev/null 2>&1 || scripts/stack.sh up
 eval "$(scripts/stack.sh env)"

@@ -6,6 +6,7 @@
 #
 #   bench/scale.sh                 (ROWS=10000; RUNS=3 no-op cycles; starts the local stack if needed)
 #   ROWS=100000 RUNS=1 bench/scale.sh
+#   LEAN=1 bench/scale.sh          (the images on two registries without access logs)
 #
 # Setup: the tags are pushed at both ends; the table is made by `table
 # create`; one row goes through a real first cycle, which records its
@@ -33,6 +34,18 @@ ROWS="${ROWS:-10000}"
 PYTHON="${MIRRORFLEET_VENV:-$HOME/.cache/mirrorfleet-venv}/bin/python"
 export AWS_ENDPOINT_URL="$MF_MOTO" AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing \
     AWS_REGION=us-east-1 AWS_EC2_METADATA_DISABLED=true
+# LEAN=1: the rows' images on two registries of the benchmark's own that
+# log warnings only and no access lines (`bench_registry ... lean`), to see
+# the controller's own rate where the registries answer HEADs cheaply.
+if [[ "${LEAN:-0}" == 1 ]]; then
+    bench_registry lean-src "127.0.0.1:${MF_LEAN_SRC_PORT:-5031}" lean
+    bench_registry lean-dst "127.0.0.1:${MF_LEAN_DST_PORT:-5032}" lean
+    MF_SRC="127.0.0.1:${MF_LEAN_SRC_PORT:-5031}" MF_DST="127.0.0.1:${MF_LEAN_DST_PORT:-5032}"
+    REGISTRY_PIDS=("${BENCH_PIDS[@]}")
+else
+    REGISTRY_PIDS=("$(cat "$MIRRORFLEET_STACK_DIR/pids/src.pid")" "$(cat "$MIRRORFLEET_STACK_DIR/pids/dst.pid")")
+fi
+MOTO_PID=$(cat "$MIRRORFLEET_STACK_DIR/pids/moto.pid")
 export MIRRORFLEET_PLAIN_HTTP="$MF_SRC,$MF_DST" MIRRORFLEET_PROGRESS=never MIRRORFLEET_LOG=warn
 
 REPO="bench-scale-$$/app"
@@ -129,8 +142,7 @@ PY
 # CPU seconds (user+sys) the stack's registries and moto have used so far.
 stack_cpu() {
     local name pid
-    for name in src dst moto; do
-        pid=$(cat "$MIRRORFLEET_STACK_DIR/pids/$name.pid")
+    for pid in "${REGISTRY_PIDS[@]}" "$MOTO_PID"; do
         awk -v hz="$(getconf CLK_TCK)" '{ printf "%.2f ", ($14 + $15) / hz }' "/proc/$pid/stat"
     done
     echo

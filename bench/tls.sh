@@ -5,9 +5,10 @@
 #
 #   bench/tls.sh             (RUNS=3; IMAGES="multi big" by default)
 #
-# The two registries are started here (distribution 2.8, the stack's
-# certificate signed by its own test CA, config files in the work directory)
-# on MF_TLS_A_PORT and MF_TLS_B_PORT (5021, 5022), and stopped on exit. The
+# The two registries are started here (`bench_registry ... tls`:
+# distribution 2.8, the stack's certificate signed by its own test CA,
+# config files in the work directory) on MF_TLS_A_PORT and MF_TLS_B_PORT
+# (5021, 5022), and stopped on exit. The
 # images, as in copy.sh: `multi` (2 platforms x 5 x 30 MiB) and `big` (one
 # 1 GiB layer), pushed into the plain source registry and copied up to the
 # first TLS registry once (not measured). Every tool then copies from it into
@@ -23,47 +24,8 @@ A="127.0.0.1:${MF_TLS_A_PORT:-5021}"
 B="127.0.0.1:${MF_TLS_B_PORT:-5022}"
 CERTS="$MIRRORFLEET_STACK_DIR/certs"
 
-pids=()
-stop_registries() {
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    restore
-}
-trap stop_registries EXIT
-
-# start_registry NAME ADDR: a TLS registry like the stack's, its data in WORK.
-start_registry() {
-    local name="$1" addr="$2" i
-    mkdir -p "$WORK/$name/data"
-    cat >"$WORK/$name/config.yml" <<EOF
-version: 0.1
-log:
-  level: info
-  formatter: text
-  accesslog:
-    disabled: false
-storage:
-  filesystem:
-    rootdirectory: $WORK/$name/data
-  delete:
-    enabled: true
-http:
-  addr: $addr
-  secret: mirrorfleet-bench-$name
-  tls:
-    certificate: $CERTS/server.crt
-    key: $CERTS/server.key
-EOF
-    docker-registry serve "$WORK/$name/config.yml" >"$WORK/$name.log" 2>&1 &
-    pids+=("$!")
-    for i in $(seq 1 100); do
-        curl -fsS --cacert "$CERTS/ca.crt" -o /dev/null "https://$addr/v2/" && return 0
-        sleep 0.1
-    done
-    echo "registry $name did not start; see $WORK/$name.log" >&2
-    exit 1
-}
-start_registry a "$A"
-start_registry b "$B"
+bench_registry a "$A" tls
+bench_registry b "$B" tls
 
 # registries.yaml for each blob HTTP version: both TLS registries trust the
 # test CA; the plain source is for the one-off setup copy.
@@ -87,7 +49,7 @@ done
 # CPU seconds (user+sys) the two registries have used so far.
 registries_cpu() {
     local total=0 p
-    for p in "${pids[@]}"; do
+    for p in "${BENCH_PIDS[@]}"; do
         total=$((total + $(awk '{print $14 + $15}' "/proc/$p/stat")))
     done
     echo "$total"
