@@ -146,3 +146,33 @@ pub fn table_ls_json(env: &Env) -> Vec<Value> {
     assert_eq!(code, 0, "{err}");
     serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
 }
+
+/// Start a mirrorfleet binary with `args` and extra environment, its output
+/// piped, killed if dropped (for tests that kill it mid-run).
+pub fn spawn_bin(bin: &str, args: &[&str], env: &Env) -> tokio::process::Child {
+    tokio::process::Command::new(worker_bin().with_file_name(bin))
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .env_remove("RUST_LOG")
+        .env("MIRRORFLEET_PROGRESS", "never")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {bin}: {e}"))
+}
+
+/// SIGKILL, and wait for the process to be gone; returns its stderr, which
+/// must show no panic.
+pub async fn kill9(mut child: tokio::process::Child) -> String {
+    child
+        .start_kill()
+        .unwrap_or_else(|e| panic!("cannot kill: {e}"));
+    let out = child
+        .wait_with_output()
+        .await
+        .unwrap_or_else(|e| panic!("cannot wait: {e}"));
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!err.contains("panicked at"), "{err}");
+    err
+}

@@ -8,7 +8,6 @@
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,40 +16,16 @@ use mirrorfleet_tests::recording::{RecordingConfig, RecordingFront};
 use mirrorfleet_tests::*;
 use rand::Rng;
 use serde_json::Value;
-use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
-
-fn spawn(bin: &str, args: &[&str], env: &Env) -> Child {
-    let path = worker_bin().with_file_name(bin);
-    Command::new(path)
-        .args(args)
-        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .env_remove("RUST_LOG")
-        .env("MIRRORFLEET_PROGRESS", "never")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap()
-}
 
 /// Run to the end; (exit code, stdout, stderr).
 async fn run(bin: &str, args: &[&str], env: &Env) -> (i32, String, String) {
-    let out = spawn(bin, args, env).wait_with_output().await.unwrap();
+    let out = spawn_bin(bin, args, env).wait_with_output().await.unwrap();
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
-}
-
-/// SIGKILL, and wait for the process to be gone; returns its stderr.
-async fn kill9(mut child: Child) -> String {
-    child.start_kill().unwrap();
-    let out = child.wait_with_output().await.unwrap();
-    let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(!err.contains("panicked at"), "{err}");
-    err
 }
 
 /// Whether the tag exists (a HEAD); skopeo then checks it whole.
@@ -253,7 +228,7 @@ async fn workers_killed_at_any_point_lose_nothing_and_never_leave_a_broken_tag()
     for i in 0..KILLS {
         let point = points[i % points.len()];
         while events.try_recv().is_ok() {}
-        let child = spawn("mirrorfleet-worker", &worker_args, &env);
+        let child = spawn_bin("mirrorfleet-worker", &worker_args, &env);
         let hit = match point {
             KillPoint::Random => {
                 let ms = rand::rng().random_range(100..1500);
@@ -410,7 +385,7 @@ async fn controllers_killed_mid_scan_or_run_twice_at_once_enqueue_each_row_once(
             *v = gate.url.clone();
         }
     }
-    let child = spawn("mirrorfleet-controller", &scan, &gated);
+    let child = spawn_bin("mirrorfleet-controller", &scan, &gated);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     while gate.held() == 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -423,7 +398,7 @@ async fn controllers_killed_mid_scan_or_run_twice_at_once_enqueue_each_row_once(
     // controller enqueues page by page, so these may send a batch, or claim
     // one and die before sending it: the accounting below counts both.
     for _ in 0..2 {
-        let child = spawn("mirrorfleet-controller", &scan, &env);
+        let child = spawn_bin("mirrorfleet-controller", &scan, &env);
         let ms = rand::rng().random_range(50..400);
         tokio::time::sleep(Duration::from_millis(ms)).await;
         kill9(child).await;

@@ -9,25 +9,16 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use mirrorfleet_tests::*;
 use rand::Rng;
 use serde_json::{Value, json};
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 
 fn spawn(args: &[&str]) -> Child {
-    Command::new(worker_bin().with_file_name("mirrorfleet-controller"))
-        .args(args)
-        .env_remove("RUST_LOG")
-        .env("MIRRORFLEET_PROGRESS", "never")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap()
+    spawn_bin("mirrorfleet-controller", args, &Env::new())
 }
 
 /// Run to the end; (exit code, stdout, stderr).
@@ -39,14 +30,6 @@ async fn finish(child: Child) -> (i32, String, String) {
     );
     assert!(!e.contains("panicked at"), "{e}");
     (out.status.code().unwrap_or(-1), o, e)
-}
-
-/// SIGKILL, and wait for the process to be gone.
-async fn kill9(mut child: Child) {
-    child.start_kill().unwrap();
-    let out = child.wait_with_output().await.unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!err.contains("panicked at"), "{err}");
 }
 
 /// `sync --plain-http SRC,DST FILE` with `extra` flags.

@@ -56,6 +56,26 @@ fn tag_form(digest: &str) -> String {
     digest.replace(':', "-")
 }
 
+/// The referrers tag schema: an SBOM naming `subject` (an index of
+/// `subject_len` bytes) as its subject, listed in an index under
+/// `sha256-<hex>`; returns the SBOM's bytes and the index's digest.
+async fn push_schema_index(
+    p: &Pusher,
+    repo: &str,
+    subject: &str,
+    subject_len: usize,
+) -> (Vec<u8>, String) {
+    let s = json!({"mediaType": OCI_INDEX, "digest": subject, "size": subject_len});
+    let sbom = push_artifact(p, repo, SPDX, EMPTY, Some(s)).await;
+    let entry = json!({"mediaType": OCI_MANIFEST, "digest": sha256(&sbom),
+        "size": sbom.len(), "artifactType": SPDX});
+    let index = p
+        .index(repo, &tag_form(subject), false, vec![entry], json!({}))
+        .await
+        .unwrap();
+    (sbom, index)
+}
+
 #[tokio::test]
 async fn tag_schema_and_cosign_tags_are_copied_unless_turned_off() {
     let stack = Stack::get();
@@ -74,14 +94,7 @@ async fn tag_schema_and_cosign_tags_are_copied_unless_turned_off() {
         .unwrap();
     // The referrers tag schema: an SBOM naming the image as its subject,
     // listed in the index under `sha256-<hex>`.
-    let subject = json!({"mediaType": OCI_INDEX, "digest": image, "size": image_raw.len()});
-    let sbom = push_artifact(&p, &repo, SPDX, EMPTY, Some(subject)).await;
-    let entry = json!({"mediaType": OCI_MANIFEST, "digest": sha256(&sbom),
-        "size": sbom.len(), "artifactType": SPDX});
-    let index = p
-        .index(&repo, &tag_form(&image), false, vec![entry], json!({}))
-        .await
-        .unwrap();
+    let (sbom, index) = push_schema_index(&p, &repo, &image, image_raw.len()).await;
 
     let plain = [stack.src.as_str(), stack.dst.as_str()];
     let src = format!("{}/{repo}:v1", stack.src);
@@ -375,14 +388,7 @@ async fn referrer_tags_are_found_in_one_listing_per_repository() {
     let indexed_raw = Skopeo::plain()
         .raw(&format!("{}/{repo}@{indexed}", stack.src))
         .unwrap();
-    let subject = json!({"mediaType": OCI_INDEX, "digest": indexed, "size": indexed_raw.len()});
-    let sbom = push_artifact(&p, &repo, SPDX, EMPTY, Some(subject)).await;
-    let entry = json!({"mediaType": OCI_MANIFEST, "digest": sha256(&sbom),
-        "size": sbom.len(), "artifactType": SPDX});
-    let schema_index = p
-        .index(&repo, &tag_form(&indexed), false, vec![entry], json!({}))
-        .await
-        .unwrap();
+    let (_, schema_index) = push_schema_index(&p, &repo, &indexed, indexed_raw.len()).await;
 
     let listings = || count_requests(&stack, "src", &[&format!("\"GET /v2/{repo}/tags/list")]);
     let missed = || {
