@@ -47,6 +47,7 @@ bench_registry() {
         "$log" "$WORK/$name/data" "$addr" "$name" "$tls" >"$WORK/$name/config.yml"
     docker-registry serve "$WORK/$name/config.yml" >"$WORK/$name.log" 2>&1 &
     BENCH_PIDS+=("$!")
+    echo "$!" >"$WORK/$name.pid"
     for i in $(seq 1 100); do
         curl -fsS --cacert "$MIRRORFLEET_STACK_DIR/certs/ca.crt" -o /dev/null "$scheme://$addr/v2/" 2>/dev/null && return 0
         sleep 0.1
@@ -60,32 +61,52 @@ eval "$(scripts/stack.sh env)"
 cargo build --release --locked -q -p mirrorfleet-worker -p mirrorfleet-controller -p mirrorfleet-tests
 BIN="$CARGO_TARGET_DIR/release"
 
+# registry_log NAME / registry_pid NAME: the access log and the pid of a
+# registry, one bench_registry started (in WORK) or else the stack's.
+registry_log() { if [[ -f "$WORK/$1.pid" ]]; then echo "$WORK/$1.log"; else echo "$MIRRORFLEET_STACK_DIR/$1.log"; fi; }
+registry_pid() { if [[ -f "$WORK/$1.pid" ]]; then cat "$WORK/$1.pid"; else cat "$MIRRORFLEET_STACK_DIR/pids/$1.pid"; fi; }
+
+# cpu_ticks PID...: CPU clock ticks (user+sys) these processes have used so far.
+cpu_ticks() {
+    local total=0 p
+    for p in "$@"; do total=$((total + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done
+    echo "$total"
+}
+
 # measure_cmd NAME CMD...: run CMD under /usr/bin/time -v and append one JSON
 # line to $WORK/measured.jsonl: wall s, cpu s (user+sys of the process tree),
-# peak RSS MiB, and from the stack's access logs the requests CMD caused at the
+# peak RSS MiB, the CPU s the source and destination registries used meanwhile
+# (/proc/PID/stat), and from their access logs the requests CMD caused at the
 # source ($MEASURE_SRC, default src) and the destination ($MEASURE_DST, default
 # dst), the source's manifest HEADs, and blobs written (PUT or mounted) more
-# than once into the same destination repository. Exits if CMD fails.
+# than once into the same destination repository. A registry is named as
+# bench_registry or the stack names it. Exits if CMD fails.
 measure_cmd() {
-    local name="$1" src="${MEASURE_SRC:-src}" dst="${MEASURE_DST:-dst}" s0 d0
+    local name="$1" src dst s0 d0 r0 r1 pids
+    src=$(registry_log "${MEASURE_SRC:-src}")
+    dst=$(registry_log "${MEASURE_DST:-dst}")
+    pids=("$(registry_pid "${MEASURE_SRC:-src}")" "$(registry_pid "${MEASURE_DST:-dst}")")
     shift
-    s0=$(wc -l <"$MIRRORFLEET_STACK_DIR/$src.log")
-    d0=$(wc -l <"$MIRRORFLEET_STACK_DIR/$dst.log")
+    s0=$(wc -l <"$src")
+    d0=$(wc -l <"$dst")
+    r0=$(cpu_ticks "${pids[@]}")
     /usr/bin/time -v "$@" >"$WORK/out.txt" 2>"$WORK/time.txt" || {
         echo "$name failed:" >&2
         tail -30 "$WORK/out.txt" "$WORK/time.txt" >&2
         exit 1
     }
+    r1=$(cpu_ticks "${pids[@]}")
     sleep 0.2 # let the registries flush their access logs
-    tail -n +"$((s0 + 1))" "$MIRRORFLEET_STACK_DIR/$src.log" >"$WORK/src-slice.log"
-    tail -n +"$((d0 + 1))" "$MIRRORFLEET_STACK_DIR/$dst.log" >"$WORK/dst-slice.log"
-    python3 - "$name" "$WORK/time.txt" "$WORK/src-slice.log" "$WORK/dst-slice.log" >>"$WORK/measured.jsonl" <<'PY'
-import collections, json, re, sys
+    tail -n +"$((s0 + 1))" "$src" >"$WORK/src-slice.log"
+    tail -n +"$((d0 + 1))" "$dst" >"$WORK/dst-slice.log"
+    REGISTRIES_CPU=$(((r1 - r0) * 1000 / $(getconf CLK_TCK))) \
+        python3 - "$name" "$WORK/time.txt" "$WORK/src-slice.log" "$WORK/dst-slice.log" >>"$WORK/measured.jsonl" <<'PY'
+import collections, json, os, re, sys
 name, timef, srcf, dstf = sys.argv[1:]
 t = open(timef).read()
 num = lambda label: float(re.search(re.escape(label) + r":\s*([0-9.]+)", t).group(1))
 wall = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\):\s*(\S+)", t).group(1).split(":")
-req = re.compile(r'"(GET|HEAD|PUT|POST|PATCH|DELETE) (/v2/\S*) HTTP/1\.1" (\d{3})')
+req = re.compile(r'"(GET|HEAD|PUT|POST|PATCH|DELETE) (/v2/\S*) HTTP/[0-9.]+" (\d{3})')
 def requests(path):
     return [m.groups() for m in map(req.search, open(path, errors="replace")) if m]
 src, dst = requests(srcf), requests(dstf)
@@ -102,6 +123,7 @@ print(json.dumps({
     "name": name,
     "wall": sum(float(p) * 60 ** i for i, p in enumerate(reversed(wall))),
     "cpu": num("User time (seconds)") + num("System time (seconds)"),
+    "registries_cpu": int(os.environ["REGISTRIES_CPU"]) / 1000,
     "rss_mib": num("Maximum resident set size (kbytes)") / 1024,
     "src_reqs": len(src),
     "dst_reqs": len(dst),
@@ -114,15 +136,18 @@ PY
 # check_digests IMAGES REGISTRY PREFIX [USER:PASS]: every `repository tag
 # digest` line of IMAGES (mirrorfleet-fixture's output) must be at
 # REGISTRY/PREFIX/repository:tag with that digest (HEAD, Docker-Content-Digest).
-# Prints how many match; fails (status 1, first mismatch on stderr) if any does not.
+# REGISTRY is host:port over plain HTTP, or https://host:port verified against
+# the stack's test CA. Prints how many match; fails (status 1, first mismatch
+# on stderr) if any does not.
 check_digests() {
     local images="$1" registry="$2" prefix="$3" creds="${4:-}" n=0 bad=0 repo tag digest got
-    local auth=()
-    [[ -n "$creds" ]] && auth=(-u "$creds")
+    local auth=(--cacert "$MF_TLS_CA")
+    [[ -n "$creds" ]] && auth+=(-u "$creds")
+    [[ "$registry" == https://* ]] || registry="http://$registry"
     while read -r repo tag digest; do
         got=$(curl -fsS -I "${auth[@]}" \
             -H 'Accept: application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json' \
-            "http://$registry/v2/$prefix/$repo/manifests/$tag" |
+            "$registry/v2/$prefix/$repo/manifests/$tag" |
             tr -d '\r' | sed -n 's/^[Dd]ocker-[Cc]ontent-[Dd]igest: //p') || true
         if [[ "$got" == "$digest" ]]; then
             n=$((n + 1))

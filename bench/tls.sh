@@ -46,27 +46,19 @@ for image in $IMAGES; do
         "$MF_SRC/bench/$image:v1" "$A/bench/$image:v1" >/dev/null
 done
 
-# CPU seconds (user+sys) the two registries have used so far.
-registries_cpu() {
-    local total=0 p
-    for p in "${BENCH_PIDS[@]}"; do
-        total=$((total + $(awk '{print $14 + $15}' "/proc/$p/stat")))
-    done
-    echo "$total"
-}
 TICKS=$(getconf CLK_TCK)
 
 # measure NAME CMD...: one line "name wall cpu rss_kb registries_cpu".
 measure() {
     local name="$1" r0 r1
     shift
-    r0=$(registries_cpu)
+    r0=$(cpu_ticks "${BENCH_PIDS[@]}")
     /usr/bin/time -v "$@" >"$WORK/out.txt" 2>"$WORK/time.txt" || {
         echo "$name failed:" >&2
         tail -20 "$WORK/time.txt" "$WORK/out.txt" >&2
         exit 1
     }
-    r1=$(registries_cpu)
+    r1=$(cpu_ticks "${BENCH_PIDS[@]}")
     python3 - "$name" "$WORK/time.txt" "$(((r1 - r0)))" "$TICKS" >>"$WORK/results.txt" <<'PY'
 import re, sys
 name, path, ticks, hz = sys.argv[1:]

@@ -10,7 +10,7 @@ use mirrorfleet_common::CopyReport;
 use mirrorfleet_common::copy::{CopyOptions, Engine, Outcome};
 use mirrorfleet_common::registry::Registries;
 use mirrorfleet_common::registry::auth::DockerConfig;
-use mirrorfleet_common::registry::settings::{BlobHttp, RegistrySettings, Settings};
+use mirrorfleet_common::registry::settings::{HttpVersion, RegistrySettings, Settings};
 use mirrorfleet_tests::*;
 use serde_json::json;
 
@@ -408,6 +408,63 @@ async fn shared_base_layer_is_written_once_per_repository() {
     assert_eq!(puts, 1, "the base layer was uploaded {puts} times");
 }
 
+#[tokio::test]
+async fn tags_of_one_index_copied_at_once_put_each_child_once() {
+    let stack = Stack::get();
+    let repo = unique("one-index");
+    let p = Pusher::new(Target::plain(&stack.src)).unwrap();
+    let amd = p
+        .image(&repo, false, ("linux", "amd64"), &[2048], json!({}))
+        .await
+        .unwrap();
+    let arm = p
+        .image(&repo, false, ("linux", "arm64"), &[3000], json!({}))
+        .await
+        .unwrap();
+    let mut digest = String::new();
+    for i in 0..8 {
+        let children = vec![amd.clone(), arm.clone()];
+        digest = p
+            .index(&repo, &format!("t{i}"), false, children, json!({}))
+            .await
+            .unwrap();
+    }
+    // Eight tags of one index, copied at once into one repository.
+    let e = Arc::new(engine(settings(&stack)));
+    let dst_repo = unique("one-index-dst");
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let e = e.clone();
+        let src = format!("{}/{repo}:t{i}", stack.src);
+        let dest = format!("{}/{dst_repo}:t{i}", stack.dst);
+        tasks.push(tokio::spawn(async move { copy(&e, &src, &[dest]).await }));
+    }
+    for t in tasks {
+        assert_ok(&t.await.unwrap());
+    }
+    let sk = Skopeo::plain();
+    for i in 0..8 {
+        let tag = format!("{}/{dst_repo}:t{i}", stack.dst);
+        assert_eq!(sk.digest(&tag).unwrap(), digest, "{tag}");
+    }
+    for child in [&amd, &arm] {
+        let child = child["digest"].as_str().unwrap();
+        let puts = count_requests(
+            &stack,
+            "dst",
+            &[&format!("\"PUT /v2/{dst_repo}/manifests/{child} ")],
+        );
+        assert_eq!(puts, 1, "child {child} was PUT {puts} times");
+    }
+    // Every tag's own index PUT still happens.
+    let tag_puts = count_requests(
+        &stack,
+        "dst",
+        &[&format!("\"PUT /v2/{dst_repo}/manifests/t")],
+    );
+    assert_eq!(tag_puts, 8);
+}
+
 /// Push a two-platform index to the source and mirror it into the
 /// authenticated registry `host`; checks the digest there with skopeo.
 async fn mirror_into(
@@ -709,7 +766,7 @@ async fn blob_bodies_take_the_configured_http_version() {
     // Up to the TLS registry with HTTP/1.1 bodies...
     let up = format!("{repo}-h1");
     let r = copy(
-        &with(BlobHttp::Http1),
+        &with(HttpVersion::Http1),
         &format!("{}/{repo}:v1", stack.src),
         &[format!("{}/{up}:v1", stack.tls)],
     )
@@ -729,7 +786,7 @@ async fn blob_bodies_take_the_configured_http_version() {
     assert!(lines(&l, &up, "HEAD", "manifests/", "HTTP/2.0") >= 1, "{l}");
     // ...and down from it with HTTP/2 bodies.
     let r = copy(
-        &with(BlobHttp::Http2),
+        &with(HttpVersion::Http2),
         &format!("{}/{up}:v1", stack.tls),
         &[format!("{}/{repo}-back:v1", stack.dst)],
     )

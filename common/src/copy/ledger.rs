@@ -4,7 +4,10 @@
 //! 2.8's link files (manifests then fail with `MANIFEST_BLOB_UNKNOWN`), and
 //! moving a base layer once per tag wastes the fleet's bandwidth. So every
 //! upload or mount is claimed here first: one task does it, the others wait
-//! for its outcome, and a blob known present is never written again.
+//! for its outcome, and a blob known present is never written again. Child
+//! manifests, pushed by digest, are claimed the same way (`copy::tree`): a
+//! manifest is stored as a blob too, and tags of one image copied at once
+//! into one repository would otherwise PUT each child once per tag.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

@@ -12,6 +12,7 @@ use crate::registry::client::Registry;
 
 use super::dest::Dest;
 use super::{Engine, Root};
+use crate::copy::ledger::Claim;
 
 impl Engine {
     /// GET the manifest at `digest` and, level by level, every child; returns
@@ -66,8 +67,14 @@ impl Engine {
     }
 
     /// Push every manifest of the tree to `d`: children by digest, then the
-    /// top one under the destination's tag. A push refused because a blob is
-    /// unknown re-checks that manifest's blobs once and tries again.
+    /// top one under the destination's tag. A push refused because a blob or
+    /// a child is unknown re-checks what that manifest references once and
+    /// tries again.
+    ///
+    /// Children are claimed in the ledger like blobs: tags of one image copied
+    /// at once into one repository PUT each child once (distribution 2.8
+    /// corrupts a link written twice at once), and a child known present is
+    /// not sent again.
     pub(super) async fn push_manifests(
         &self,
         src: &Arc<Registry>,
@@ -80,37 +87,110 @@ impl Engine {
         let repo = d.reference.repository();
         let last = manifests.len().saturating_sub(1);
         for (i, m) in manifests.iter().enumerate() {
-            let reference = if i == last {
-                d.reference.manifest_ref()
-            } else {
-                m.digest.to_string()
-            };
-            match put_manifest_idempotent(reg, repo, &reference, m).await {
-                Ok(()) => {}
-                Err(e)
-                    if matches!(
-                        e.registry_code(),
-                        Some("MANIFEST_BLOB_UNKNOWN" | "BLOB_UNKNOWN")
-                    ) =>
-                {
-                    tracing::warn!(destination = %d.reference, manifest = %m.digest, "registry lost a blob; re-checking");
-                    for b in m.blobs() {
-                        self.ledger.forget(&d.key(&b.digest));
-                        self.transfer_blob(src, src_repo, b, std::slice::from_ref(d), bytes_read)
+            if i == last {
+                let reference = d.reference.manifest_ref();
+                match put_manifest_idempotent(reg, repo, &reference, m).await {
+                    Err(e) if refused_for_missing(&e) => {
+                        self.recheck_references(src, src_repo, manifests, m, d, bytes_read)
                             .await?;
+                        if d.failed() {
+                            return Ok(());
+                        }
+                        put_manifest_idempotent(reg, repo, &reference, m).await?;
                     }
-                    if d.failed() {
+                    r => r?,
+                }
+                d.manifests.fetch_add(1, Ordering::Relaxed);
+            } else {
+                self.push_child(src, src_repo, manifests, m, d, bytes_read)
+                    .await?;
+                if d.failed() {
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// PUT a child manifest by digest unless the ledger knows it present or
+    /// another copy is putting it (then wait for that one).
+    async fn push_child(
+        &self,
+        src: &Arc<Registry>,
+        src_repo: &str,
+        manifests: &[Manifest],
+        m: &Manifest,
+        d: &Dest,
+        bytes_read: &AtomicU64,
+    ) -> Result<()> {
+        let guard = loop {
+            match self.ledger.claim(d.key(&m.digest)) {
+                Claim::Present => return Ok(()),
+                Claim::Wait(w) => {
+                    if w.wait().await {
                         return Ok(());
                     }
-                    put_manifest_idempotent(reg, repo, &reference, m).await?;
                 }
-                Err(e) => return Err(e),
+                Claim::Mine(g) => break g,
             }
-            d.manifests.fetch_add(1, Ordering::Relaxed);
+        };
+        let reg = d.registry();
+        let repo = d.reference.repository();
+        let reference = m.digest.to_string();
+        match put_manifest_idempotent(reg, repo, &reference, m).await {
+            Err(e) if refused_for_missing(&e) => {
+                self.recheck_references(src, src_repo, manifests, m, d, bytes_read)
+                    .await?;
+                if d.failed() {
+                    return Ok(());
+                }
+                put_manifest_idempotent(reg, repo, &reference, m).await?;
+            }
+            r => r?,
+        }
+        guard.complete();
+        d.manifests.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// The registry refused `m` for a reference it lacks, though the ledger
+    /// had it present: forget what `m` references and place it again (blobs
+    /// streamed, children re-PUT).
+    async fn recheck_references(
+        &self,
+        src: &Arc<Registry>,
+        src_repo: &str,
+        manifests: &[Manifest],
+        m: &Manifest,
+        d: &Dest,
+        bytes_read: &AtomicU64,
+    ) -> Result<()> {
+        tracing::warn!(destination = %d.reference, manifest = %m.digest, "registry lost a blob or child manifest; re-checking");
+        for b in m.blobs() {
+            self.ledger.forget(&d.key(&b.digest));
+            self.transfer_blob(src, src_repo, b, std::slice::from_ref(d), bytes_read)
+                .await?;
+        }
+        let reg = d.registry();
+        let repo = d.reference.repository();
+        for c in m.children() {
+            self.ledger.forget(&d.key(&c.digest));
+            if let Some(child) = manifests.iter().find(|x| x.digest == c.digest) {
+                put_manifest_idempotent(reg, repo, &child.digest.to_string(), child).await?;
+            }
         }
         Ok(())
     }
 }
+
+/// A manifest PUT refused because something it references is not there.
+fn refused_for_missing(e: &Error) -> bool {
+    matches!(
+        e.registry_code(),
+        Some("MANIFEST_BLOB_UNKNOWN" | "BLOB_UNKNOWN")
+    )
+}
+
 /// PUT a manifest where a tag may be immutable. ECR refuses any push to an
 /// existing immutable tag with `TAG_INVALID`, even of the same digest: after
 /// a reply that was lost (and retried), or another worker's push, the tag

@@ -14,6 +14,7 @@
 //!     read_timeout_seconds: 60
 //!     manifest_puts_per_second: 5      # default: unlimited (10 for ECR hosts)
 //!     blob_http: "1.1"                 # blob bodies' HTTP version over TLS
+//!     api_http: "2"                    # manifests', HEADs' and uploads' HTTP version
 //!   210987654321.dkr.ecr.us-east-1.amazonaws.com:
 //!     role_arn: arn:aws:iam::210987654321:role/mirrorfleet-mirror
 //!     external_id: mirrorfleet-prod
@@ -99,29 +100,42 @@ pub struct RegistrySettings {
     #[serde(default)]
     pub manifest_puts_per_second: Option<f64>,
     /// The HTTP version for blob bodies over TLS: `"1.1"` (a connection per
-    /// blob in flight) or `"2"` (every blob on one multiplexed connection,
-    /// what ALPN picks). Manifests and HEADs always let ALPN pick. Default:
-    /// see [`BlobHttp::default`].
+    /// blob in flight) or `"2"` (every blob on one multiplexed connection).
+    /// Default: see [`HttpVersion::blob_default`].
     #[serde(default)]
-    pub blob_http: Option<BlobHttp>,
+    pub blob_http: Option<HttpVersion>,
+    /// The HTTP version for everything else over TLS: manifests, HEADs,
+    /// upload sessions, tag lists, tokens. Default: see
+    /// [`HttpVersion::api_default`].
+    #[serde(default)]
+    pub api_http: Option<HttpVersion>,
 }
 
-/// The HTTP version for blob bodies (`blob_http`).
+/// An HTTP version over TLS (`blob_http`, `api_http`). Plain HTTP is always
+/// HTTP/1.1.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-pub enum BlobHttp {
+pub enum HttpVersion {
     #[serde(rename = "1.1")]
     Http1,
+    /// What ALPN picks: HTTP/2 where the registry offers it.
     #[serde(rename = "2")]
     Http2,
 }
 
-impl Default for BlobHttp {
-    /// HTTP/1.1: measured faster and cheaper for large blobs over TLS than
-    /// one HTTP/2 connection, whose per-stream flow control paces a single
-    /// large blob (`bench/tls.sh`; the figures are in the README's design
-    /// notes).
-    fn default() -> Self {
-        BlobHttp::Http1
+impl HttpVersion {
+    /// Blob bodies: HTTP/1.1, measured faster and cheaper for large blobs
+    /// over TLS than one HTTP/2 connection, whose per-stream flow control
+    /// paces a single large blob (`bench/tls.sh`; the figures are in the
+    /// README's design notes).
+    pub const fn blob_default() -> HttpVersion {
+        HttpVersion::Http1
+    }
+
+    /// The many small requests: what ALPN picks, one connection for them
+    /// all. HTTP/1.1 measured the same within the runs' spread on the TLS
+    /// fleet (`TLS=1 API_HTTP=1.1 bench/sync.sh`; bench/README.md).
+    pub const fn api_default() -> HttpVersion {
+        HttpVersion::Http2
     }
 }
 
@@ -430,16 +444,39 @@ mod tests {
     }
 
     #[test]
-    fn blob_http_version_is_read_and_checked() {
+    fn http_versions_are_read_and_checked() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("r.yaml");
-        std::fs::write(&p, "registries:\n  x:\n    blob_http: \"1.1\"\n  y: {}\n").unwrap();
+        std::fs::write(
+            &p,
+            "registries:\n  x:\n    blob_http: \"1.1\"\n    api_http: \"1.1\"\n  y: {}\n",
+        )
+        .unwrap();
         let s = Settings::load(&p).unwrap();
-        assert_eq!(s.registry("x").blob_http, Some(BlobHttp::Http1));
+        assert_eq!(s.registry("x").blob_http, Some(HttpVersion::Http1));
+        assert_eq!(s.registry("x").api_http, Some(HttpVersion::Http1));
         assert_eq!(s.registry("y").blob_http, None);
-        std::fs::write(&p, "registries:\n  x:\n    blob_http: \"3\"\n").unwrap();
-        let err = Settings::load(&p).unwrap_err().to_string();
-        assert!(err.contains("blob_http"), "{err}");
+        for key in ["blob_http", "api_http"] {
+            std::fs::write(&p, format!("registries:\n  x:\n    {key}: \"3\"\n")).unwrap();
+            let err = Settings::load(&p).unwrap_err().to_string();
+            assert!(err.contains(key), "{err}");
+        }
+    }
+
+    /// The README's example settings file is a valid one.
+    #[test]
+    fn readme_example_parses() {
+        let readme = include_str!("../../../README.md");
+        let start = readme
+            .find("```yaml\nregistries:\n  registry.internal:5000:")
+            .expect("the README's registries example");
+        let body = &readme[start + "```yaml\n".len()..];
+        let text = &body[..body.find("```").unwrap()];
+        let s = Settings::parse(text, Path::new("README.md")).unwrap();
+        let internal = s.registry("registry.internal:5000");
+        assert_eq!(internal.blob_http, Some(HttpVersion::Http1));
+        assert_eq!(internal.api_http, Some(HttpVersion::Http2));
+        assert_eq!(internal.max_concurrency, Some(8));
     }
 
     #[test]

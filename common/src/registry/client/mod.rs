@@ -30,7 +30,7 @@ use crate::registry::auth::{Challenge, Credentials, Token};
 use crate::registry::ecr::{Ecr, EcrHost};
 use crate::registry::limit::Limiter;
 use crate::registry::pace::TokenBucket;
-use crate::registry::settings::{BlobHttp, DEFAULT_MAX_CONCURRENCY, RegistrySettings};
+use crate::registry::settings::{DEFAULT_MAX_CONCURRENCY, HttpVersion, RegistrySettings};
 
 use quota::PullPace;
 
@@ -177,7 +177,7 @@ pub struct Registry {
     host: String,
     base: Url,
     http: reqwest::Client,
-    /// For blob bodies: `http`, or an HTTP/1.1-only client (`blob_http`).
+    /// For blob bodies (`blob_http`): `http` when both take one HTTP version.
     blob_http: reqwest::Client,
     creds: CredentialSource,
     ecr: Arc<Ecr>,
@@ -279,10 +279,18 @@ impl Registry {
             b.build()
                 .map_err(|e| invalid(format!("cannot build the HTTP client: {e}")))
         };
-        let http = build(builder())?;
-        let blob_http = match settings.blob_http.unwrap_or_default() {
-            BlobHttp::Http1 => build(builder().http1_only())?,
-            BlobHttp::Http2 => http.clone(),
+        let version = |v: HttpVersion| match v {
+            HttpVersion::Http1 => builder().http1_only(),
+            HttpVersion::Http2 => builder(),
+        };
+        let api = settings.api_http.unwrap_or(HttpVersion::api_default());
+        let blob = settings.blob_http.unwrap_or(HttpVersion::blob_default());
+        let http = build(version(api))?;
+        // One client (one connection pool) when both take the same version.
+        let blob_http = if blob == api {
+            http.clone()
+        } else {
+            build(version(blob))?
         };
         let manifest_puts = match settings.manifest_puts_per_second {
             None => None,
