@@ -164,20 +164,9 @@ impl Engine {
         blob: &Descriptor,
         d: &'a Dest,
     ) -> Result<Option<Target<'a>>> {
-        let guard = loop {
-            match self.ledger.claim(d.key(&blob.digest)) {
-                Claim::Present => {
-                    d.skipped.fetch_add(1, Ordering::Relaxed);
-                    return Ok(None);
-                }
-                Claim::Wait(w) => {
-                    if w.wait().await {
-                        d.skipped.fetch_add(1, Ordering::Relaxed);
-                        return Ok(None);
-                    }
-                }
-                Claim::Mine(g) => break g,
-            }
+        let Some(guard) = self.ledger.acquire(d.key(&blob.digest)).await else {
+            d.skipped.fetch_add(1, Ordering::Relaxed);
+            return Ok(None);
         };
         let reg = d.registry();
         let repo = d.reference.repository();

@@ -109,6 +109,22 @@ impl Ledger {
         }
     }
 
+    /// Claim `key`, waiting out another task's write: `None` when the blob
+    /// is (or has just been made) present, else the guard to write it under.
+    pub async fn acquire(&self, key: BlobKey) -> Option<Guard> {
+        loop {
+            match self.claim(key.clone()) {
+                Claim::Present => return None,
+                Claim::Wait(w) => {
+                    if w.wait().await {
+                        return None;
+                    }
+                }
+                Claim::Mine(g) => return Some(g),
+            }
+        }
+    }
+
     /// Forget that a blob is present (a registry said otherwise).
     pub fn forget(&self, key: &BlobKey) {
         let mut slots = lock(&self.slots);

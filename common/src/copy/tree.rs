@@ -12,7 +12,6 @@ use crate::registry::client::Registry;
 
 use super::dest::Dest;
 use super::{Engine, Root};
-use crate::copy::ledger::Claim;
 
 impl Engine {
     /// GET the manifest at `digest` and, level by level, every child; returns
@@ -83,24 +82,12 @@ impl Engine {
         d: &Dest,
         bytes_read: &AtomicU64,
     ) -> Result<()> {
-        let reg = d.registry();
-        let repo = d.reference.repository();
         let last = manifests.len().saturating_sub(1);
         for (i, m) in manifests.iter().enumerate() {
             if i == last {
                 let reference = d.reference.manifest_ref();
-                match put_manifest_idempotent(reg, repo, &reference, m).await {
-                    Err(e) if refused_for_missing(&e) => {
-                        self.recheck_references(src, src_repo, manifests, m, d, bytes_read)
-                            .await?;
-                        if d.failed() {
-                            return Ok(());
-                        }
-                        put_manifest_idempotent(reg, repo, &reference, m).await?;
-                    }
-                    r => r?,
-                }
-                d.manifests.fetch_add(1, Ordering::Relaxed);
+                self.put_rechecked(src, src_repo, manifests, m, d, &reference, bytes_read)
+                    .await?;
             } else {
                 self.push_child(src, src_repo, manifests, m, d, bytes_read)
                     .await?;
@@ -123,34 +110,47 @@ impl Engine {
         d: &Dest,
         bytes_read: &AtomicU64,
     ) -> Result<()> {
-        let guard = loop {
-            match self.ledger.claim(d.key(&m.digest)) {
-                Claim::Present => return Ok(()),
-                Claim::Wait(w) => {
-                    if w.wait().await {
-                        return Ok(());
-                    }
-                }
-                Claim::Mine(g) => break g,
-            }
+        let Some(guard) = self.ledger.acquire(d.key(&m.digest)).await else {
+            return Ok(());
         };
+        let reference = m.digest.to_string();
+        if self
+            .put_rechecked(src, src_repo, manifests, m, d, &reference, bytes_read)
+            .await?
+        {
+            guard.complete();
+        }
+        Ok(())
+    }
+
+    /// PUT `m` as `reference`; when refused for something it references,
+    /// place that again and PUT once more. False when `d` failed meanwhile.
+    #[allow(clippy::too_many_arguments)]
+    async fn put_rechecked(
+        &self,
+        src: &Arc<Registry>,
+        src_repo: &str,
+        manifests: &[Manifest],
+        m: &Manifest,
+        d: &Dest,
+        reference: &str,
+        bytes_read: &AtomicU64,
+    ) -> Result<bool> {
         let reg = d.registry();
         let repo = d.reference.repository();
-        let reference = m.digest.to_string();
-        match put_manifest_idempotent(reg, repo, &reference, m).await {
+        match put_manifest_idempotent(reg, repo, reference, m).await {
             Err(e) if refused_for_missing(&e) => {
                 self.recheck_references(src, src_repo, manifests, m, d, bytes_read)
                     .await?;
                 if d.failed() {
-                    return Ok(());
+                    return Ok(false);
                 }
-                put_manifest_idempotent(reg, repo, &reference, m).await?;
+                put_manifest_idempotent(reg, repo, reference, m).await?;
             }
             r => r?,
         }
-        guard.complete();
         d.manifests.fetch_add(1, Ordering::Relaxed);
-        Ok(())
+        Ok(true)
     }
 
     /// The registry refused `m` for a reference it lacks, though the ledger
